@@ -1,0 +1,5 @@
+import sys
+
+from janitor.cli import main
+
+sys.exit(main())

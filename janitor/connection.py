@@ -1,0 +1,116 @@
+"""Redis connections from Celery-style URLs, and URL masking.
+
+Accepts what Celery accepts: ``redis://``, ``rediss://`` with ``ssl_cert_reqs``,
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (``CERT_REQUIRED`` or
+``required`` spellings), ``unix://`` / ``socket://`` with ``virtual_host`` or
+``db``. Unlike kombu, a ``rediss://`` URL verifies the server by default.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+
+_CERT_REQS = {
+    "required": ssl.CERT_REQUIRED,
+    "cert_required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "cert_optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+    "cert_none": ssl.CERT_NONE,
+}
+_TLS_PATHS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+# The password runs to the last "@" before the host, so a raw "@" in it is masked too.
+_USERINFO = re.compile(r"(?<=://)([^:/@\s]*):(\S*?)@(?=[^@/\s]*(?:[/?#\s]|$))")
+
+
+class URLError(ValueError):
+    """The Redis URL cannot be used; the message never contains the password."""
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL (``redis://user:***@host``); safe on any string."""
+    masked = _USERINFO.sub(lambda m: f"{m.group(1)}:***@", url)
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", masked)
+
+
+def client_kwargs(url: str, *, socket_timeout: float) -> dict[str, Any]:
+    """Translate a Celery-style URL into ``redis.Redis`` keyword arguments."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "client_name": "celery-janitor",
+    }
+    try:
+        port = parts.port
+    except ValueError:
+        raise URLError(f"bad port in Redis URL {mask_url(url)}") from None
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    elif query.get("password"):
+        kwargs["password"] = query["password"]
+    if scheme in {"unix", "socket"}:
+        kwargs["unix_socket_path"] = unquote(parts.path)
+        db = query.get("db") or query.get("virtual_host") or "0"
+    elif scheme in {"redis", "rediss"}:
+        kwargs["host"] = parts.hostname or "localhost"
+        kwargs["port"] = port or 6379
+        db = query.get("db") or parts.path.strip("/") or "0"
+    else:
+        raise URLError(f"unsupported scheme {scheme!r} in {mask_url(url)}: use redis://, rediss:// or unix://")
+    try:
+        kwargs["db"] = int(db)
+    except ValueError:
+        raise URLError(f"bad database number {db!r} in {mask_url(url)}") from None
+    tls_opts = {k: v for k, v in query.items() if k.startswith("ssl_")}
+    if scheme == "rediss":
+        kwargs.update(_tls_kwargs(tls_opts, url))
+    elif tls_opts:
+        raise URLError(f"TLS options given on a non-TLS URL {mask_url(url)}: use rediss://")
+    return kwargs
+
+
+def _tls_kwargs(opts: dict[str, str], url: str) -> dict[str, Any]:
+    reqs = opts.get("ssl_cert_reqs", "required").lower()
+    if reqs not in _CERT_REQS:
+        raise URLError(f"ssl_cert_reqs={reqs!r} in {mask_url(url)}: use required, optional or none")
+    out: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": _CERT_REQS[reqs]}
+    out.update({k: unquote(v) for k, v in opts.items() if k in _TLS_PATHS})
+    if _CERT_REQS[reqs] == ssl.CERT_NONE:
+        out["ssl_check_hostname"] = False
+    elif "ssl_check_hostname" in opts:
+        out["ssl_check_hostname"] = opts["ssl_check_hostname"].lower() in {"1", "true", "yes", "on"}
+    return out
+
+
+def tls_verifies(url: str) -> bool | None:
+    """True/False for a TLS URL (does it verify the server?), None for plain connections."""
+    if urlsplit(url).scheme.lower() != "rediss":
+        return None
+    return bool(_tls_kwargs({k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}, url)["ssl_cert_reqs"])
+
+
+def connect(url: str, *, socket_timeout: float = 10.0) -> redis.Redis:
+    """A client for ``url``; nothing is sent until the first command."""
+    return redis.Redis(**client_kwargs(url, socket_timeout=socket_timeout))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, actionable, password-free description of a connection failure."""
+    text = str(exc)
+    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
+        return "authentication failed: check the user and password in the Redis URL"
+    if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
+        return f"TLS handshake failed ({mask_url(text)}): check ssl_ca_certs / ssl_cert_reqs in the URL"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+        return f"cannot reach Redis ({mask_url(text)}): check the host, port and network"
+    return mask_url(text)

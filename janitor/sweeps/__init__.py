@@ -1,0 +1,1 @@
+"""Sweeps: each one scans, classifies and acts on one family of keys."""
