@@ -76,7 +76,7 @@ def fill(
     prefix: str = "",
 ) -> dict[str, int]:
     """Write a dirty keyspace; returns how many keys of each family were written."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible fixture data, not secrets
     now = now or dt.datetime.now(dt.UTC)
     rp = prefix.encode()
     written: dict[str, int] = {}

@@ -86,10 +86,15 @@ def _spawn(engine: str, port: int, workdir: Path, extra: tuple[str, ...]) -> sub
     deadline = time.monotonic() + 10
     probe = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
     while time.monotonic() < deadline:
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-            if probe.ping():
-                probe.close()
-                return proc
+        try:
+            probe.ping()
+        except redis.AuthenticationError:  # a --requirepass server is up, just not ours to enter
+            return proc
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+        else:
+            probe.close()
+            return proc
         if proc.poll() is not None:
             raise RuntimeError(f"{exe} exited with {proc.returncode} at start")
         time.sleep(0.02)

@@ -93,7 +93,7 @@ class Layout:
             return (Kind.TASK, ident) if _plausible_id(ident) else (Kind.MALFORMED, b"")
         if key.startswith(self.group_prefix):
             ident = key[len(self.group_prefix) :]
-            kind = _CHORD_KINDS.get(ident[-2:]) if len(ident) > 2 else None
+            kind = _CHORD_KINDS.get(ident[-2:]) if len(ident) >= 2 else None
             if kind is not None:
                 ident = ident[:-2]
             if not _plausible_id(ident):

@@ -25,7 +25,9 @@ from janitor import picklescan
 COMPRESSED_MAGIC = b"\x00celery-compressed\x00"
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _STATUS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
-_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The pure-Python loader on purpose: libyaml's C composer recurses on the C stack
+# and segfaults on deeply nested input, where this one raises RecursionError.
+_YAML_LOADER = yaml.SafeLoader
 
 
 class PayloadError(ValueError):
@@ -83,16 +85,17 @@ def decode(raw: bytes, *, max_bytes: int) -> tuple[Any, str]:
         raise PayloadError("unknown_format") from None
 
 
+# kombu.compression's content types (its "gzip" is zlib framing).
+_DECOMPRESSORS: dict[bytes, Any] = {
+    b"application/x-gzip": zlib.decompressobj,
+    b"application/x-bz2": bz2.BZ2Decompressor,
+    b"application/x-lzma": lzma.LZMADecompressor,
+}
+
+
 def _inflate(content_type: bytes, body: bytes, max_bytes: int) -> bytes:
     """Decompress at most ``max_bytes``; a bomb is refused, not inflated."""
-    decompressors: dict[bytes, Any] = {
-        b"application/x-gzip": lambda: zlib.decompressobj(),
-        b"application/x-zlib": lambda: zlib.decompressobj(),
-        b"application/x-bz2": lambda: bz2.BZ2Decompressor(),
-        b"application/x-lzma": lambda: lzma.LZMADecompressor(),
-        b"application/x-xz": lambda: lzma.LZMADecompressor(),
-    }
-    factory = decompressors.get(content_type)
+    factory = _DECOMPRESSORS.get(content_type)
     if factory is None:
         raise PayloadError("unsupported_compression")
     try:

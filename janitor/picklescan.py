@@ -91,12 +91,13 @@ def _pop_mark(stack: list[Any]) -> list[Any]:
     raise PickleUnreadable("mark")
 
 
-def read(data: bytes) -> Any:  # noqa: C901, PLR0912, PLR0915 - one flat opcode dispatch reads best
+def read(data: bytes) -> Any:  # noqa: C901, PLR0915 - one flat opcode dispatch reads best
     """Return the inert value a pickle describes; raise :class:`PickleUnreadable`."""
     stack: list[Any] = []
     memo: dict[int, Any] = {}
     try:
-        for count, (op, arg, _pos) in enumerate(pickletools.genops(data)):
+        for count, (op, raw_arg, _pos) in enumerate(pickletools.genops(data)):
+            arg: Any = raw_arg
             if count > MAX_OPS:
                 raise PickleUnreadable("too many opcodes")
             name = op.name

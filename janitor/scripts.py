@@ -93,7 +93,7 @@ class Tally:
     def scan(self, client: redis.Redis, cursor: int, match: str, count: int) -> tuple[int, list[bytes]]:
         self.commands["SCAN"] += 1
         next_cursor, keys = client.scan(cursor, match=match, count=count)
-        return int(next_cursor), list(keys)
+        return int(next_cursor), [k if isinstance(k, bytes) else k.encode() for k in keys]
 
     def run(self, client: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
         """EVALSHA, loading the script once on NOSCRIPT (after a restart or SCRIPT FLUSH)."""

@@ -1,0 +1,132 @@
+"""Sweep mechanics on real servers: batching, guards, fencing, stopping, command counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import redis
+
+from janitor import config, demo, scripts
+from janitor.sweeps.results import Fence, sweep
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _result(client: redis.Redis, tid: str, status: str = "SUCCESS", age_days: float = 3) -> bytes:
+    key = f"celery-task-meta-{tid}".encode()
+    client.set(key, json.dumps(demo.task_meta(tid, status, NOW - dt.timedelta(days=age_days))))
+    return key
+
+
+def _snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes, bytes | None, int]]:
+    return {k: (client.type(k), client.dump(k), client.pttl(k)) for k in client.scan_iter(count=1000)}
+
+
+def _assert_unchanged(before: dict[bytes, tuple[bytes, bytes | None, int]], client: redis.Redis) -> None:
+    """Same keys, types and bytes; TTLs unchanged (-1 stays -1, running TTLs only counted down)."""
+    after = _snapshot(client)
+    assert after.keys() == before.keys()
+    for key, (rtype, dump, pttl) in before.items():
+        assert after[key][:2] == (rtype, dump), key
+        assert (after[key][2] == -1) if pttl == -1 else (0 <= pttl - after[key][2] < 10_000), key
+
+
+class TestDryRun:
+    def test_writes_nothing_and_predicts_the_real_run(self, client: redis.Redis, settings: config.Settings) -> None:
+        """A dry run leaves every key byte-identical and reports exactly what the real run then does."""
+        demo.fill(client, results=3000)
+        before = _snapshot(client)
+        dry = sweep(client, settings, dry_run=True)
+        _assert_unchanged(before, client)
+        real = sweep(client, settings, dry_run=False)
+        assert (dry.ttl_applied, dry.deleted, dry.skipped) == (real.ttl_applied, real.deleted, real.skipped)
+        assert sum(real.deleted.values()) > 0
+        assert sum(real.ttl_applied.values()) > 0
+
+
+class TestGuards:
+    def test_a_result_rewritten_after_inspection_is_not_deleted(self, client: redis.Redis) -> None:
+        """ACT re-checks the value: a key Celery rewrote since INSPECT read it is left alone."""
+        key = _result(client, "t1", age_days=5)
+        seen = client.get(key)
+        assert seen is not None
+        client.set(key, json.dumps(demo.task_meta("t1", "SUCCESS", NOW)))
+        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "d", 0, scripts.sha1(seen)])
+        assert applied == [0]
+        assert client.exists(key)
+
+    def test_a_key_that_got_a_ttl_meanwhile_keeps_it(self, client: redis.Redis) -> None:
+        """'x' only applies to a key that still has no TTL."""
+        key = _result(client, "t2")
+        value = client.get(key)
+        assert value is not None
+        client.expire(key, 50)
+        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "x", 999_000, scripts.sha1(value)])
+        assert applied == [0]
+        assert 0 < client.ttl(key) <= 50
+
+    def test_fenced_batch_writes_nothing(self, client: redis.Redis, settings: config.Settings) -> None:
+        """When the lease token changed (another janitor leads now), the whole batch is refused."""
+        keys = [_result(client, f"t{i}", age_days=5) for i in range(20)]
+        client.set("lease", "someone-else")
+        with pytest.raises(redis.ResponseError, match="FENCED"):
+            sweep(client, settings, fence=lambda: Fence(b"lease", "me"))
+        assert client.exists(*keys) == 20
+        assert all(client.ttl(k) == -1 for k in keys)
+
+    def test_script_cache_flush_is_survived(self, client: redis.Redis, settings: config.Settings) -> None:
+        """After SCRIPT FLUSH (failover, restart) the scripts are loaded again once, transparently."""
+        for i in range(30):
+            _result(client, f"t{i}", age_days=0.5)
+        small = settings.model_copy(update={"scan_count": 10})
+        report = sweep(client, small, on_batch=lambda _r: client.script_flush())
+        assert report.completed
+        assert sum(report.ttl_applied.values()) == 30
+        assert report.tally.commands["SCRIPT LOAD"] >= 2
+
+
+class TestBatches:
+    def test_stop_between_batches_leaves_whole_batches(self, client: redis.Redis, settings: config.Settings) -> None:
+        """A stop request ends the pass after the current batch: every key is either fully handled or untouched."""
+        for i in range(500):
+            _result(client, f"t{i}", age_days=0.5)
+        small = settings.model_copy(update={"scan_count": 50})
+        report = sweep(client, small, should_stop=lambda: True)
+        assert not report.completed
+        assert report.batches == 1
+        with_ttl = sum(1 for k in client.scan_iter(count=1000) if client.ttl(k) > 0)
+        assert with_ttl == sum(report.ttl_applied.values()) == report.scanned
+
+    def test_inspect_replies_are_bounded(self, client: redis.Redis, settings: config.Settings) -> None:
+        """A page of large values is read in several INSPECT calls, each under the byte budget."""
+        big = "x" * 200_000
+        for i in range(40):
+            client.set(f"celery-task-meta-b{i}", json.dumps(demo.task_meta(f"b{i}", "STARTED", None, pad=big)))
+        tight = settings.model_copy(update={"batch_bytes": 1_000_000})
+        report = sweep(client, tight)
+        assert sum(report.ttl_applied.values()) == 40
+        assert report.tally.commands["EVALSHA"] >= 1 + 40 * 200_000 // 1_000_000
+
+    def test_clean_pass_costs_two_commands_per_page(self, client: redis.Redis, settings: config.Settings) -> None:
+        """On an already clean keyspace a pass is SCAN + one INSPECT per page and no writes."""
+        demo.fill(client, results=5000)
+        sweep(client, settings)
+        clean = sweep(client, settings)
+        assert clean.completed
+        assert not clean.ttl_applied
+        assert not clean.deleted
+        assert clean.commands / clean.scanned < 0.01
+        assert clean.tally.commands["EVALSHA"] <= clean.batches
+
+    def test_key_prefix_is_respected(self, client: redis.Redis, settings: config.Settings) -> None:
+        """With JANITOR_KEY_PREFIX, results of another app sharing the DB are not touched."""
+        ours = b"myapp_celery-task-meta-a"
+        client.set(ours, json.dumps(demo.task_meta("a", "SUCCESS", NOW - dt.timedelta(days=3))))
+        theirs = _result(client, "b", age_days=3)
+        report = sweep(client, settings.model_copy(update={"key_prefix": "myapp"}))
+        assert report.deleted == {"task": 1}
+        assert not client.exists(ours)
+        assert client.exists(theirs)
+        assert client.ttl(theirs) == -1
