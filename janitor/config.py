@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     scan_count: Annotated[int, Field(ge=10, le=100_000)] = 1000
     batch_bytes: Annotated[int, Field(ge=64 * 1024, le=512 * 1024 * 1024)] = 4 * 1024 * 1024
     max_value_bytes: Annotated[int, Field(ge=1024, le=512 * 1024 * 1024)] = 1024 * 1024
+    max_batch_ms: Annotated[float, Field(ge=0.5, le=1000)] = 5.0
+    max_keys_per_second: Annotated[int, Field(ge=0)] = 0
     dry_run: bool = False
     socket_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     log_level: str = "info"

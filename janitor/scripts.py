@@ -16,27 +16,32 @@ from typing import Any
 import redis
 
 # KEYS: the batch. ARGV[1]: largest value to return; ARGV[2]: byte budget for the
-# reply; ARGV[3]: '1' to read values of keys that already have a TTL (cap mode).
+# reply; ARGV[3]: '1' to read keys that already have a TTL (cap mode, census).
 # Returns {type, pttl, value | size | false} per key, stopping early (a prefix of
-# KEYS) once the budget is spent, so no reply is unbounded.
+# KEYS) once the budget is spent, so no reply is unbounded. A key with a TTL is
+# only PTTL'd (type ''): the sweep leaves it alone, so one call is all it costs.
+# GETRANGE under pcall reads a string and learns its type in one call; it returns
+# at most max+1 bytes, so a huge value is measured (STRLEN), never shipped.
 INSPECT = """
 local max_value = tonumber(ARGV[1])
 local budget = tonumber(ARGV[2])
-local all_values = ARGV[3] == '1'
+local all_keys = ARGV[3] == '1'
 local out = {}
 for i = 1, #KEYS do
   local k = KEYS[i]
-  local t = redis.call('TYPE', k)['ok']
   local pttl = redis.call('PTTL', k)
-  local v = false
-  if t == 'string' and (pttl == -1 or all_values) then
-    local n = redis.call('STRLEN', k)
-    if n > max_value then
-      v = n
+  local t, v = '', false
+  if pttl == -2 then
+    t = 'none'
+  elseif pttl == -1 or all_keys then
+    v = redis.pcall('GETRANGE', k, 0, max_value)
+    if type(v) == 'table' then
+      t, v = redis.call('TYPE', k)['ok'], false
+    elseif #v > max_value then
+      t, v = 'string', redis.call('STRLEN', k)
     else
-      if n > budget and i > 1 then break end
-      budget = budget - n
-      v = redis.call('GET', k)
+      if #v > budget and i > 1 then break end
+      t, budget = 'string', budget - #v
     end
   end
   out[i] = {t, pttl, v}
@@ -47,8 +52,11 @@ return out
 # KEYS[1]: fence key, KEYS[2..]: targets. ARGV[1]: expected fence token ('' = none);
 # then per target: op, milliseconds, guard. Ops: 'x' set a TTL on a key that has
 # none, 'c' shorten a longer TTL, 'd' unlink a key with no TTL, 'D' unlink
-# regardless of TTL. guard: sha1 of the value read by INSPECT ('' for non-string
-# keys). Returns 1/0 per target: applied, or left alone because it changed.
+# regardless of TTL. Guards, checked inside this atomic call: 'S<sha1>' the value
+# INSPECT read is unchanged (deletes: losing a fresh rewrite would be data loss);
+# 'L<n>' its length is unchanged (TTLs: O(1), and the TTL check already catches
+# Celery's SETEX rewrites); '' none (non-string keys). Returns 1/0 per target:
+# applied, or left alone because it changed.
 ACT = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED lease lost before this batch')
@@ -60,8 +68,13 @@ for i = 2, #KEYS do
   local op, ms, guard = ARGV[j], tonumber(ARGV[j + 1]), ARGV[j + 2]
   local pttl = redis.call('PTTL', k)
   local ok = pttl ~= -2
-  if ok and guard ~= '' then
-    ok = redis.call('TYPE', k)['ok'] == 'string' and redis.sha1hex(redis.call('GET', k)) == guard
+  local g = string.sub(guard, 1, 1)
+  if ok and g == 'S' then
+    local v = redis.pcall('GET', k)
+    ok = type(v) == 'string' and redis.sha1hex(v) == string.sub(guard, 2)
+  elseif ok and g == 'L' then
+    local n = redis.pcall('STRLEN', k)
+    ok = type(n) == 'number' and n == tonumber(string.sub(guard, 2))
   end
   if ok then
     if op == 'x' and pttl == -1 then

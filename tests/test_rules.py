@@ -34,13 +34,13 @@ class TestReadyResults:
     def test_ttl_is_date_done_plus_retention_minus_now(self, status: str, ttl: int) -> None:
         """A ready result with no TTL expires at date_done + its retention (FAILURE has its own)."""
         value = _task(status, 3600)
-        assert _decide(Kind.TASK, value) == Action("x", (ttl - 3600) * 1000, sha1(value), Kind.TASK, len(value))
+        assert _decide(Kind.TASK, value) == Action("x", (ttl - 3600) * 1000, f"L{len(value)}", Kind.TASK, len(value))
 
     @pytest.mark.parametrize(("status", "age"), [("SUCCESS", DAY + 1), ("FAILURE", 7 * DAY + 1)])
     def test_past_retention_is_deleted(self, status: str, age: int) -> None:
         """A ready result older than its retention is deleted, guarded by the value it was judged on."""
         value = _task(status, age)
-        assert _decide(Kind.TASK, value) == Action("d", 0, sha1(value), Kind.TASK, len(value))
+        assert _decide(Kind.TASK, value) == Action("d", 0, f"S{sha1(value)}", Kind.TASK, len(value))
 
     def test_failure_between_retentions_is_kept(self) -> None:
         """A 3-day-old FAILURE outlives SUCCESS retention: it gets a TTL, not deleted."""

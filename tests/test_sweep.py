@@ -53,7 +53,7 @@ class TestGuards:
         seen = client.get(key)
         assert seen is not None
         client.set(key, json.dumps(demo.task_meta("t1", "SUCCESS", NOW)))
-        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "d", 0, scripts.sha1(seen)])
+        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "d", 0, "S" + scripts.sha1(seen)])
         assert applied == [0]
         assert client.exists(key)
 
@@ -63,9 +63,19 @@ class TestGuards:
         value = client.get(key)
         assert value is not None
         client.expire(key, 50)
-        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "x", 999_000, scripts.sha1(value)])
+        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "x", 999_000, f"L{len(value)}"])
         assert applied == [0]
         assert 0 < client.ttl(key) <= 50
+
+    def test_a_started_result_that_finished_meanwhile_gets_no_pending_ttl(self, client: redis.Redis) -> None:
+        """A TTL decided on a STARTED value is not applied once the worker rewrote it as SUCCESS."""
+        key = b"celery-task-meta-t3"
+        started = json.dumps(demo.task_meta("t3", "STARTED", None)).encode()
+        client.set(key, started)
+        client.set(key, json.dumps(demo.task_meta("t3", "SUCCESS", NOW)))
+        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "x", 999_000, f"L{len(started)}"])
+        assert applied == [0]
+        assert client.ttl(key) == -1
 
     def test_fenced_batch_writes_nothing(self, client: redis.Redis, settings: config.Settings) -> None:
         """When the lease token changed (another janitor leads now), the whole batch is refused."""
@@ -97,7 +107,7 @@ class TestBatches:
         assert not report.completed
         assert report.batches == 1
         with_ttl = sum(1 for k in client.scan_iter(count=1000) if client.ttl(k) > 0)
-        assert with_ttl == sum(report.ttl_applied.values()) == report.scanned
+        assert with_ttl == sum(report.ttl_applied.values()) == report.celery_keys
 
     def test_inspect_replies_are_bounded(self, client: redis.Redis, settings: config.Settings) -> None:
         """A page of large values is read in several INSPECT calls, each under the byte budget."""

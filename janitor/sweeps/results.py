@@ -18,6 +18,7 @@ import redis
 from janitor import scripts
 from janitor.config import Settings
 from janitor.keyspace import SCAN_MATCH, Kind, Layout
+from janitor.pacing import Pacer
 from janitor.sweeps.rules import Action, Skip, decide
 
 FENCE_NONE = b"celery-janitor:no-fence"
@@ -84,89 +85,105 @@ def sweep(
 ) -> SweepReport:
     """Run one pass; stops between batches (never inside one) when ``should_stop()``."""
     report = SweepReport(dry_run=settings.dry_run if dry_run is None else dry_run)
-    layout = Layout.for_prefixes(settings.key_prefix, settings.broker_key_prefix)
+    run = _Pass(client, settings, report, fence, clock)
     started = time.monotonic()
-    for page in _pages(client, settings, report):
-        _process(client, settings, layout, page, report, fence=fence, now=clock())
-        report.batches += 1
-        on_batch(report)
-        if should_stop():
-            break
-    else:
-        report.completed = True
+    for page in run.pages():
+        report.scanned += len(page)
+        for chunk in run.chunks(page):
+            run.batch(chunk)
+            report.batches += 1
+            on_batch(report)
+            if should_stop():
+                report.duration_s = time.monotonic() - started
+                return report
+    report.completed = True
     report.duration_s = time.monotonic() - started
     return report
 
 
-def _pages(client: redis.Redis, settings: Settings, report: SweepReport) -> Iterator[list[bytes]]:
-    """Yield pages of about ``scan_count`` matching keys; SCAN pages are merged when sparse."""
-    cursor, page = 0, []
-    while True:
-        cursor, keys = report.tally.scan(client, cursor, SCAN_MATCH, settings.scan_count)
-        page.extend(keys)
-        if len(page) >= settings.scan_count or (cursor == 0 and page):
-            yield page
-            page = []
-        if cursor == 0:
-            return
+@dataclass
+class _Pass:
+    """One pass's state: where it is, how big its batches are, what it did."""
 
+    client: redis.Redis
+    settings: Settings
+    report: SweepReport
+    fence: Callable[[], Fence]
+    clock: Callable[[], dt.datetime]
+    layout: Layout = field(init=False)
+    pacer: Pacer = field(init=False)
 
-def _process(
-    client: redis.Redis,
-    settings: Settings,
-    layout: Layout,
-    keys: list[bytes],
-    report: SweepReport,
-    *,
-    fence: Callable[[], Fence],
-    now: dt.datetime,
-) -> None:
-    report.scanned += len(keys)
-    classified = [(key, *layout.classify(key)) for key in keys]
-    candidates = [(key, kind, ident) for key, kind, ident in classified if kind is not Kind.OTHER]
-    report.celery_keys += len(candidates)
-    if not candidates:
-        return
-    actions: list[tuple[bytes, Action]] = []
-    while candidates:
-        rows = report.tally.run(
-            client,
-            scripts.INSPECT,
-            [key for key, _, _ in candidates],
-            [settings.max_value_bytes, settings.batch_bytes, int(settings.cap_ttl)],
-        )
-        for (key, kind, ident), (rtype, pttl, value) in zip(candidates, rows, strict=False):
-            decision = decide(kind, ident, _text(rtype), int(pttl), value, now=now, settings=settings)
-            if isinstance(decision, Skip):
-                report.skipped[decision.reason] += 1
-            elif decision is not None:
-                actions.append((key, decision))
-        candidates = candidates[len(rows) :]
-    if actions:
-        _act(client, actions, report, fence=fence)
+    def __post_init__(self) -> None:
+        self.layout = Layout.for_prefixes(self.settings.key_prefix, self.settings.broker_key_prefix)
+        self.pacer = Pacer(self.settings.max_batch_ms, self.settings.scan_count, self.settings.max_keys_per_second)
 
+    def pages(self) -> Iterator[list[bytes]]:
+        """Pages of about ``scan_count`` matching keys; sparse SCAN replies are merged."""
+        cursor, page = 0, []
+        while True:
+            cursor, keys = self.report.tally.scan(self.client, cursor, SCAN_MATCH, self.settings.scan_count)
+            page.extend(keys)
+            if len(page) >= self.settings.scan_count or (cursor == 0 and page):
+                yield page
+                page = []
+            if cursor == 0:
+                return
 
-def _act(
-    client: redis.Redis, actions: list[tuple[bytes, Action]], report: SweepReport, *, fence: Callable[[], Fence]
-) -> None:
-    if report.dry_run:
-        applied = [1] * len(actions)
-    else:
-        current = fence()
-        args: list[Any] = [current.token]
-        for _key, action in actions:
-            args += [action.op, action.ms, action.guard]
-        applied = report.tally.run(client, scripts.ACT, [current.key, *(k for k, _ in actions)], args)
-    for (_key, action), ok in zip(actions, applied, strict=True):
-        if not ok:
-            report.raced += 1
-        elif action.deletes:
-            report.deleted[action.kind] += 1
-            report.bytes_deleted += action.size
-        elif action.op == "c":
-            report.ttl_capped[action.kind] += 1
+    def chunks(self, page: list[bytes]) -> Iterator[list[bytes]]:
+        """Split a page at the pacer's size, which follows the measured duration of each call."""
+        start = 0
+        while start < len(page):
+            chunk = page[start : start + self.pacer.size]
+            yield chunk
+            start += len(chunk)
+            self.pacer.throttle(len(chunk))
+
+    def batch(self, keys: list[bytes]) -> None:
+        """INSPECT the Celery keys of a batch, decide each, ACT on the decisions."""
+        candidates = [(key, *self.layout.classify(key)) for key in keys]
+        candidates = [c for c in candidates if c[1] is not Kind.OTHER]
+        self.report.celery_keys += len(candidates)
+        now = self.clock()
+        args = [self.settings.max_value_bytes, self.settings.batch_bytes, int(self.settings.cap_ttl)]
+        actions: list[tuple[bytes, Action]] = []
+        while candidates:
+            rows = self._call(scripts.INSPECT, [key for key, _, _ in candidates], args)
+            for (key, kind, ident), (rtype, pttl, value) in zip(candidates, rows, strict=False):
+                decision = decide(kind, ident, _text(rtype), int(pttl), value, now=now, settings=self.settings)
+                if isinstance(decision, Skip):
+                    self.report.skipped[decision.reason] += 1
+                elif decision is not None:
+                    actions.append((key, decision))
+            candidates = candidates[len(rows) :]
+        if actions:
+            self._act(actions)
+
+    def _act(self, actions: list[tuple[bytes, Action]]) -> None:
+        if self.report.dry_run:
+            applied = [1] * len(actions)
         else:
-            report.ttl_applied[action.kind] += 1
+            current = self.fence()
+            args: list[Any] = [current.token]
+            for _key, action in actions:
+                args += [action.op, action.ms, action.guard]
+            applied = self._call(scripts.ACT, [current.key, *(key for key, _ in actions)], args)
+        for (_key, action), ok in zip(actions, applied, strict=True):
+            if not ok:
+                self.report.raced += 1
+            elif action.deletes:
+                self.report.deleted[action.kind] += 1
+                self.report.bytes_deleted += action.size
+            elif action.op == "c":
+                self.report.ttl_capped[action.kind] += 1
+            else:
+                self.report.ttl_applied[action.kind] += 1
+
+    def _call(self, source: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a script and let the pacer see how long Redis was busy with it."""
+        started = time.perf_counter()
+        result = self.report.tally.run(self.client, source, keys, args)
+        self.pacer.observe(len(keys), time.perf_counter() - started)
+        return result
 
 
 def _plain(counter: collections.Counter[str]) -> dict[str, int]:

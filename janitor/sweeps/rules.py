@@ -49,16 +49,14 @@ def decide(
         return None
     if kind is Kind.MALFORMED:
         return Skip("bad_key_name")
-    if rtype == "none":
+    has_ttl = pttl >= 0
+    if rtype == "none" or (has_ttl and not settings.cap_ttl):
         return None
     if rtype not in EXPECTED_TYPES[kind]:
         return Skip("wrong_type")
     if isinstance(value, int):
         return Skip("too_large")
-    has_ttl = pttl >= 0
-    if has_ttl and not settings.cap_ttl:
-        return None
-    guard = sha1(value) if value is not None else ""
+    guard = f"L{len(value)}" if value is not None else ""
     if kind is Kind.TASK:
         if value is None:
             return None
@@ -98,5 +96,5 @@ def _task(ident: bytes, value: bytes, pttl: int, guard: str, *, now: dt.datetime
         return Skip("future_date_done")
     remaining_ms = int((ttl - max(age, 0.0)) * 1000)
     if remaining_ms <= 0:
-        return Action("d" if pttl == -1 else "D", 0, guard, Kind.TASK, len(value))
+        return Action("d" if pttl == -1 else "D", 0, f"S{sha1(value)}", Kind.TASK, len(value))
     return _ttl(pttl, remaining_ms, guard, Kind.TASK, len(value))

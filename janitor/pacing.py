@@ -1,0 +1,50 @@
+"""How many keys go into one server-side batch, and how fast.
+
+A Lua call blocks Redis for its whole run, so the batch size follows the
+measured duration of each call: shrink when a call overran ``max_batch_ms``,
+grow back while calls are well under it. ``max_keys_per_second`` holds the
+sweep to a rate on a shared, latency-sensitive Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Pacer:
+    max_batch_ms: float
+    ceiling: int
+    max_keys_per_second: int = 0
+    floor: int = 10
+    size: int = 100
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _started: float = field(default=-1.0, init=False)
+    _keys: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.size = max(self.floor, min(self.size, self.ceiling))
+
+    def observe(self, keys: int, seconds: float) -> None:
+        """Adjust the batch size after a call that handled ``keys`` keys in ``seconds``."""
+        ms = seconds * 1000
+        if ms > self.max_batch_ms:
+            # Aim below the guard: per-key cost is roughly linear in a batch.
+            self.size = max(self.floor, min(self.size, int(keys * self.max_batch_ms / ms * 0.8)))
+        elif ms < self.max_batch_ms / 2 and keys >= self.size:
+            self.size = min(self.ceiling, int(self.size * 1.5) + 1)
+
+    def throttle(self, keys: int) -> None:
+        """Sleep as long as needed to stay under ``max_keys_per_second``."""
+        if not self.max_keys_per_second:
+            return
+        now = self.clock()
+        if self._started < 0:
+            self._started = now
+        self._keys += keys
+        ahead = self._keys / self.max_keys_per_second - (now - self._started)
+        if ahead > 0:
+            self.sleep(ahead)
