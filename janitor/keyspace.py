@@ -112,10 +112,11 @@ def _plausible_id(ident: bytes) -> bool:
     """Celery ids are uuids by default but may be any string the caller chose.
 
     We only refuse what no Celery client would produce as an id in practice:
-    empty ids, control characters, glob characters and oversized names.
+    empty ids, control characters, glob characters, non-UTF-8, oversized
+    names and ids that themselves start with a Celery prefix.
     """
-    if not ident or len(ident) > 255:
-        return False
+    if not ident or len(ident) > 255 or ident.startswith((TASK_PREFIX, GROUP_PREFIX)):
+        return False  # a doubled prefix is a key-building bug, not a Celery id
     if any(c < 0x20 or c == 0x7F or c in b"*?[]" for c in ident):
         return False
     try:

@@ -26,10 +26,12 @@ COMPRESSED_MAGIC = b"\x00celery-compressed\x00"
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _STATUS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 # libyaml's C composer recurses on the C stack and segfaults on deeply nested
-# input; the pure-Python loader raises RecursionError instead but is ~20x slower.
-# Celery's YAML results are shallow, so the C loader is used only when the text
-# cannot nest deeply: few flow brackets and no deep indentation or "- - -" runs.
-_C_YAML: Any = getattr(yaml, "CSafeLoader", None)
+# input, and the pure-Python loader spends seconds on it before RecursionError.
+# kombu's yaml.safe_dump writes block style with a top-level "status:" line, so
+# only such text is parsed, and only when it cannot nest deeply (few flow
+# brackets, no deep indentation or "- - -" runs); anything else is skipped.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_STATUS = re.compile(rb"^status:", re.MULTILINE)
 _DEEP_YAML = re.compile(rb"^[ \t-]{200,}", re.MULTILINE)
 
 
@@ -82,10 +84,12 @@ def decode(raw: bytes, *, max_bytes: int) -> tuple[Any, str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError("unknown_format") from None
-    shallow = raw.count(b"[") + raw.count(b"{") < 500 and not _DEEP_YAML.search(raw)
-    loader = _C_YAML if shallow and _C_YAML is not None else yaml.SafeLoader
+    if not _YAML_STATUS.search(raw):
+        raise PayloadError("unknown_format")
+    if raw.count(b"[") + raw.count(b"{") > 500 or _DEEP_YAML.search(raw):
+        raise PayloadError("too_complex")
     try:
-        return yaml.load(text, Loader=loader), "yaml"  # noqa: S506 - both loaders are safe loaders
+        return yaml.load(text, Loader=_YAML_LOADER), "yaml"  # noqa: S506 - a safe loader, see _YAML_LOADER
     except (yaml.YAMLError, ValueError, RecursionError):
         raise PayloadError("unknown_format") from None
 

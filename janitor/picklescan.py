@@ -15,7 +15,8 @@ import pickletools
 from dataclasses import dataclass
 from typing import Any
 
-MAX_OPS = 2_000_000
+# A result meta needs a few dozen opcodes; a huge pickle is skipped, not walked for seconds.
+MAX_OPS = 200_000
 
 
 class PickleUnreadable(ValueError):

@@ -67,6 +67,7 @@ class TestClassify:
             b"celery-task-meta-a\nb",
             b"celery-task-meta-\xff\xfe",
             b"celery-task-meta-[x]",
+            b"celery-task-meta-celery-task-meta-1",
             b"celery-taskset-meta-.j",
             b"celery-task-meta-" + b"x" * 300,
         ],

@@ -89,7 +89,7 @@ class TestRefusals:
         ("raw", "reason"),
         [
             (b'{"status": "SUCCESS", "result"', "bad_json"),
-            (b"[1, 2]", "not_a_result"),
+            (b"[1, 2]", "unknown_format"),
             (b'{"result": 1}', "not_a_result"),
             (b'{"status": 5, "result": 1}', "bad_status"),
             (b'{"status": "SUC CESS; rm -rf", "result": 1}', "bad_status"),
@@ -97,6 +97,8 @@ class TestRefusals:
             (b"\xff\xfe\x00garbage", "unknown_format"),
             (b"\x80\x04garbage", "bad_pickle"),
             (b"[" * 100_000 + b"]" * 100_000, "unknown_format"),
+            (b"status: SUCCESS\nresult: " + b"[" * 5_000 + b"]" * 5_000, "too_complex"),
+            (b"status: SUCCESS\nresult:\n" + b"- " * 5_000 + b"x", "too_complex"),
             (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "bad_json"),
         ],
     )
@@ -109,7 +111,7 @@ class TestRefusals:
     def test_yaml_object_tags_are_not_constructed(self, tmp_path: Path) -> None:
         """YAML that would build Python objects is refused by the safe loader."""
         marker = tmp_path / "yaml-ran"
-        raw = f"!!python/object/apply:os.system ['touch {marker}']\n".encode()
+        raw = f"status: !!python/object/apply:os.system ['touch {marker}']\nresult: 1\n".encode()
         with pytest.raises(payload.PayloadError):
             payload.result_meta(raw, max_bytes=MAX)
         assert not marker.exists()
@@ -121,7 +123,7 @@ class TestRefusals:
 
     def test_yaml_aliases_do_not_blow_up(self) -> None:
         """A billion-laughs YAML document is read as shared references, not expanded."""
-        doc = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        doc = "status: x\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
             f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
             for p, c in zip("abcdefgh", "bcdefghi", strict=True)
         )
@@ -168,6 +170,12 @@ class TestPickleIsNeverLoaded:
         """Globals become Opaque names: a reader of the value can see what a loader would have built."""
         value = picklescan.read(pickle.dumps({"e": ValueError("x")}, protocol=4))
         assert value == {"e": picklescan.Opaque("builtins ValueError")}
+
+    def test_huge_pickles_are_not_walked_for_long(self) -> None:
+        """A pickle of hundreds of thousands of opcodes is refused quickly instead of burning CPU."""
+        raw = pickle.dumps({"status": "SUCCESS", "result": list(range(300_000)), "date_done": None}, protocol=4)
+        with pytest.raises(payload.PayloadError, match="bad_pickle"):
+            payload.result_meta(raw, max_bytes=10 * MAX)
 
     def test_truncated_pickle_refused(self) -> None:
         """A pickle cut short is refused, not partially trusted."""
