@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+import structlog
 
 _CERT_REQS = {
     "required": ssl.CERT_REQUIRED,
@@ -101,7 +102,14 @@ def tls_verifies(url: str) -> bool | None:
 
 def connect(url: str, *, socket_timeout: float = 10.0) -> redis.Redis:
     """A client for ``url``; nothing is sent until the first command."""
-    return redis.Redis(**client_kwargs(url, socket_timeout=socket_timeout))
+    kwargs = client_kwargs(url, socket_timeout=socket_timeout)
+    if kwargs.get("ssl") and kwargs["ssl_cert_reqs"] != ssl.CERT_REQUIRED:
+        structlog.get_logger("janitor.connection").warning(
+            "tls.verification_off",
+            url=mask_url(url),
+            hint="anyone on the path can read and change the traffic; set ssl_ca_certs and ssl_cert_reqs=required",
+        )
+    return redis.Redis(**kwargs)
 
 
 def describe_error(exc: BaseException) -> str:
