@@ -1,12 +1,21 @@
-"""Read-only counts of what a Redis holds, by Celery category and TTL.
+"""Read-only counts of what a Redis holds, by Celery category, TTL, age and size.
 
-One SCAN over the whole keyspace with the INSPECT script; nothing is written.
+One SCAN over the whole keyspace with the INSPECT script (run as EVALSHA_RO
+where the server has it, so Redis itself refuses any write); nothing is
+written. Per SCAN page: one INSPECT call and, for the first ``sample`` keys of
+each category, one pipelined round of MEMORY USAGE. Byte totals are estimates:
+the sampled mean times the count.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -14,47 +23,312 @@ from janitor import payload, scripts
 from janitor.config import Settings
 from janitor.keyspace import Kind, Layout
 
+# Upper bounds (seconds) of the age and TTL buckets, in display order.
+AGE_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("<1h", 3600),
+    ("1-24h", 86400),
+    ("1-7d", 7 * 86400),
+    ("7-30d", 30 * 86400),
+    (">30d", float("inf")),
+)
+TTL_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("<1h", 3600),
+    ("1-24h", 86400),
+    ("1-7d", 7 * 86400),
+    (">7d", float("inf")),
+)
+NO_TTL = "none"
+DEFAULT_SAMPLE = 50
+# Lists that might be queues are held until the bindings have been read; past
+# this many (an rpc:// reply flood, say) the rest are counted as "other".
+_MAX_PENDING_LISTS = 50_000
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CHORD_KINDS = {Kind.CHORD_JOIN, Kind.CHORD_SIZE, Kind.CHORD_TOTAL, Kind.CHORD_DEDUP, Kind.CHORD_CLAIM}
+
+# Categories beyond the result backend's, named for people and for the JSON schema.
+QUEUE, UNACKED, BINDING, BEAT, RPC_REPLY, OTHER = "queue", "unacked", "binding", "beat", "rpc_reply", "other"
+# Keys the result sweep never gives a TTL: broker state, schedulers, and what is not Celery's.
+NOT_RESULTS = frozenset({QUEUE, UNACKED, BINDING, BEAT, RPC_REPLY, OTHER})
+
+
+def bucket(seconds: float, buckets: tuple[tuple[str, float], ...]) -> str:
+    """The label of the first bucket whose bound exceeds ``seconds`` (negatives go first)."""
+    return next(label for label, bound in buckets if seconds < bound)
+
+
+@dataclass
+class ReadOnlyTally(scripts.Tally):
+    """A tally whose scripts run as EVALSHA_RO (Redis 7+, Valkey): the server rejects writes in them.
+
+    Falls back to EVALSHA, once, on a server that does not know the command;
+    the scripts it runs only read either way.
+    """
+
+    read_only: bool | None = None  # None until the server has answered
+
+    def run(self, client: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
+        if self.read_only is False:
+            return super().run(client, source, keys, args)
+        digest = scripts.sha1(source.encode())
+        try:
+            return self._ro(client, digest, keys, args)
+        except redis.exceptions.NoScriptError:
+            self.commands["SCRIPT LOAD"] += 1
+            client.script_load(source)
+            return self._ro(client, digest, keys, args)
+        except redis.ResponseError as exc:
+            if "unknown command" not in str(exc).lower():
+                raise
+            self.read_only = False
+            return super().run(client, source, keys, args)
+
+    def _ro(self, client: redis.Redis, digest: str, keys: list[bytes], args: list[Any]) -> Any:
+        self.commands["EVALSHA_RO"] += 1
+        result = client.evalsha_ro(digest, len(keys), *keys, *args)
+        self.read_only = True
+        return result
+
 
 @dataclass
 class Census:
-    """Key counts by category (kind, or task status) and whether they expire."""
+    """Key counts by category (kind, or ``task:<status>``) and TTL, with sampled sizes and result ages."""
 
     total: int = 0
     with_ttl: collections.Counter[str] = field(default_factory=collections.Counter)
     without_ttl: collections.Counter[str] = field(default_factory=collections.Counter)
+    sampled: collections.Counter[str] = field(default_factory=collections.Counter)
+    sampled_bytes: collections.Counter[str] = field(default_factory=collections.Counter)
+    result_age: collections.Counter[str] = field(default_factory=collections.Counter)  # finished results
+    result_ttl: collections.Counter[str] = field(default_factory=collections.Counter)  # all task results
+    oldest_result_age_s: float | None = None
+    memory_usage: bool = True  # False when the server refused MEMORY USAGE (sizes unknown)
+    completed: bool = True
+    duration_s: float = 0.0
     tally: scripts.Tally = field(default_factory=scripts.Tally)
+
+    def count(self, category: str) -> int:
+        return self.with_ttl[category] + self.without_ttl[category]
+
+    def categories(self) -> list[str]:
+        return sorted(set(self.with_ttl) | set(self.without_ttl), key=lambda c: (-self.count(c), c))
+
+    def est_bytes(self, category: str) -> int | None:
+        """Sampled mean MEMORY USAGE times the count; None when nothing was sampled."""
+        n = self.sampled[category]
+        return round(self.sampled_bytes[category] / n * self.count(category)) if n else None
+
+    def tasks(self, *, ttl: bool | None = None) -> int:
+        """Task result keys (all, or only those with / without a TTL)."""
+        sources = [self.with_ttl, self.without_ttl] if ttl is None else [self.with_ttl if ttl else self.without_ttl]
+        return sum(n for counter in sources for cat, n in counter.items() if cat.startswith("task:"))
 
     def rows(self) -> list[tuple[str, int, int]]:
         """``(category, with TTL, without TTL)``, largest first."""
-        cats = set(self.with_ttl) | set(self.without_ttl)
-        return sorted(((c, self.with_ttl[c], self.without_ttl[c]) for c in cats), key=lambda r: (-r[1] - r[2], r[0]))
+        return [(c, self.with_ttl[c], self.without_ttl[c]) for c in self.categories()]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "categories": {
+                c: {
+                    "keys": self.count(c),
+                    "with_ttl": self.with_ttl[c],
+                    "without_ttl": self.without_ttl[c],
+                    "sampled": self.sampled[c],
+                    "est_bytes": self.est_bytes(c),
+                }
+                for c in self.categories()
+            },
+            "result_age": {label: self.result_age[label] for label, _ in AGE_BUCKETS},
+            "result_ttl": {label: self.result_ttl[label] for label in [NO_TTL, *(b for b, _ in TTL_BUCKETS)]},
+            "oldest_result_age_s": None if self.oldest_result_age_s is None else round(self.oldest_result_age_s),
+            "memory_usage_sampled": self.memory_usage,
+            "duration_s": round(self.duration_s, 3),
+            "commands": dict(self.tally.commands),
+        }
 
 
-def take(client: redis.Redis, settings: Settings) -> Census:
-    """Walk the keyspace once and count every key."""
-    layout = Layout.for_prefixes(settings.key_prefix, settings.broker_key_prefix)
-    census = Census()
+def take(
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    sample: int = 0,
+    now: dt.datetime | None = None,
+    on_page: Callable[[int], None] = lambda _n: None,
+    tally: scripts.Tally | None = None,
+    match: str = "*",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Census:
+    """Walk the keyspace once and count every key; ``sample`` > 0 also estimates bytes per category.
+
+    ``match`` narrows the walk (the daemon's gauges only need result keys);
+    ``completed`` is False when ``should_stop()`` ended it part-way.
+    """
+    started = time.monotonic()
+    walk = _Walk(client, settings, Census(tally=tally or scripts.Tally()), sample, now or dt.datetime.now(dt.UTC))
     cursor = 0
     while True:
-        cursor, keys = census.tally.scan(client, cursor, "*", settings.scan_count)
-        while keys:
-            rows = census.tally.run(client, scripts.INSPECT, keys, [settings.max_value_bytes, settings.batch_bytes, 1])
-            for key, (_rtype, pttl, value) in zip(keys, rows, strict=False):
-                census.total += 1
-                bucket = census.with_ttl if int(pttl) >= 0 else census.without_ttl
-                bucket[_category(layout, key, value, settings.max_value_bytes)] += 1
-            keys = keys[len(rows) :]
+        cursor, keys = walk.census.tally.scan(client, cursor, match, settings.scan_count)
+        walk.page(keys)
+        on_page(walk.census.total)
         if cursor == 0:
-            return census
+            break
+        if should_stop():
+            walk.census.completed = False
+            break
+    walk.resolve_lists()
+    walk.census.duration_s = time.monotonic() - started
+    return walk.census
 
 
-def _category(layout: Layout, key: bytes, value: bytes | int | None, max_bytes: int) -> str:
-    kind, _ = layout.classify(key)
-    if kind is not Kind.TASK:
-        return str(kind)
-    if not isinstance(value, bytes):
-        return "task:unreadable"
-    try:
-        return f"task:{payload.result_meta(value, max_bytes=max_bytes).status}"
-    except payload.PayloadError:
-        return "task:unreadable"
+@dataclass
+class _Walk:
+    """One census pass: what the names and INSPECT rows say, plus the lists still to place."""
+
+    client: redis.Redis
+    settings: Settings
+    census: Census
+    sample: int
+    now: dt.datetime
+    layout: Layout = field(init=False)
+    pending: dict[bytes, bool] = field(default_factory=dict)  # list name -> has a TTL
+    bindings: list[bytes] = field(default_factory=list)
+    bp: bytes = field(init=False)
+    unacked_keys: set[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = Layout.for_prefixes(self.settings.key_prefix, self.settings.broker_key_prefix)
+        bp = self.bp = self.settings.broker_key_prefix.encode()
+        self.unacked_keys = {
+            bp + k.encode()
+            for k in (self.settings.unacked_key, self.settings.unacked_index_key, self.settings.unacked_mutex_key)
+        }
+
+    def page(self, keys: list[bytes]) -> None:
+        to_sample = _Sample(self.census, self.sample)
+        args = [self.settings.max_value_bytes, self.settings.batch_bytes, 1]
+        while keys:
+            rows = self.census.tally.run(self.client, scripts.INSPECT, keys, args)
+            for key, (rtype, pttl, value) in zip(keys, rows, strict=False):
+                cat = self.categorise(key, _text(rtype), int(pttl), value)
+                if cat is None:
+                    continue  # a list held back until the bindings are known, or a key gone meanwhile
+                self.count(cat, int(pttl) >= 0)
+                to_sample.offer(key, cat)
+            keys = keys[len(rows) :]
+        self.measure(to_sample.keys)
+
+    def count(self, cat: str, has_ttl: bool) -> None:
+        self.census.total += 1
+        (self.census.with_ttl if has_ttl else self.census.without_ttl)[cat] += 1
+
+    def categorise(self, key: bytes, rtype: str, pttl: int, value: bytes | int | None) -> str | None:
+        if rtype == "none":
+            return None  # expired or deleted between SCAN and INSPECT
+        kind, _ = self.layout.classify(key)
+        if kind is Kind.TASK:
+            return self.task(value, pttl)
+        if kind in _CHORD_KINDS:
+            return "chord"
+        if kind is not Kind.OTHER:
+            return str(kind)
+        return self.broker_or_other(key, rtype, pttl)
+
+    def task(self, value: bytes | int | None, pttl: int) -> str:
+        self.census.result_ttl[NO_TTL if pttl < 0 else bucket(pttl / 1000, TTL_BUCKETS)] += 1
+        if not isinstance(value, bytes):
+            return "task:unreadable"
+        try:
+            meta = payload.result_meta(value, max_bytes=self.settings.max_value_bytes)
+        except payload.PayloadError:
+            return "task:unreadable"
+        if meta.date_done is not None:
+            age = max(0.0, (self.now - meta.date_done).total_seconds())
+            self.census.result_age[bucket(age, AGE_BUCKETS)] += 1
+            oldest = self.census.oldest_result_age_s
+            self.census.oldest_result_age_s = age if oldest is None else max(oldest, age)
+        return f"task:{meta.status}"
+
+    def broker_or_other(self, key: bytes, rtype: str, pttl: int) -> str | None:
+        if key.startswith(self.bp + b"_kombu.binding"):
+            if rtype == "set" and key.startswith(self.bp + b"_kombu.binding."):
+                self.bindings.append(key)
+            return BINDING
+        if key in self.unacked_keys:
+            return UNACKED
+        lowered = key.lower()
+        if lowered.startswith((b"redbeat:", b"celery-beat", b"celerybeat")) or b"celerybeat" in lowered:
+            return BEAT
+        if rtype == "list":
+            if _UUID.fullmatch(key):
+                return RPC_REPLY  # rpc:// backend replies to a client that never read them (celery#7801)
+            if len(self.pending) < _MAX_PENDING_LISTS:
+                self.pending[key] = pttl >= 0
+                return None
+        return OTHER
+
+    def resolve_lists(self) -> None:
+        """Lists named by a binding (or JANITOR_QUEUES, or Celery's default) are queues; the rest are other."""
+        queues = {q.strip().encode() for q in self.settings.queues.split(",") if q.strip()} | {b"celery"}
+        if self.bindings:
+            pipe = self.client.pipeline(transaction=False)
+            for key in self.bindings:
+                pipe.smembers(key)
+            self.census.tally.commands["SMEMBERS"] += len(self.bindings)
+            sep = self.settings.broker_sep.encode()
+            for members in pipe.execute(raise_on_error=False):
+                if isinstance(members, set):
+                    queues |= {m.split(sep)[-1] for m in members if isinstance(m, bytes)}
+        to_sample = _Sample(self.census, self.sample)
+        for key, has_ttl in self.pending.items():
+            cat = QUEUE if _queue_name(key[len(self.bp) :], self.settings.broker_sep.encode()) in queues else OTHER
+            if not key.startswith(self.bp):
+                cat = OTHER
+            self.count(cat, has_ttl)
+            to_sample.offer(key, cat)
+        self.pending.clear()
+        self.measure(to_sample.keys)
+
+    def measure(self, keys: list[tuple[bytes, str]]) -> None:
+        """MEMORY USAGE for the sampled keys, one pipeline; a server that refuses it turns sampling off."""
+        if not keys or not self.census.memory_usage:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in keys:
+            pipe.memory_usage(key)
+        self.census.tally.commands["MEMORY USAGE"] += len(keys)
+        for (_, cat), size in zip(keys, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(size, Exception):
+                self.census.memory_usage = False  # unknown command, or an ACL without it: sizes unknown
+                return
+            if isinstance(size, int):
+                self.census.sampled[cat] += 1
+                self.census.sampled_bytes[cat] += size
+
+
+@dataclass
+class _Sample:
+    """The keys of one page to measure: the first ``limit`` of each category over the whole walk."""
+
+    census: Census
+    limit: int
+    keys: list[tuple[bytes, str]] = field(default_factory=list)
+    taken: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def offer(self, key: bytes, cat: str) -> None:
+        if self.census.memory_usage and self.census.sampled[cat] + self.taken[cat] < self.limit:
+            self.keys.append((key, cat))
+            self.taken[cat] += 1
+
+
+def _queue_name(name: bytes, sep: bytes) -> bytes:
+    """``celery\\x06\\x163`` → ``celery``: a priority sub-list belongs to its queue."""
+    for s in {sep, b"\x06\x16"}:
+        base, found, step = name.rpartition(s)
+        if found and step.isdigit():
+            return base
+    return name
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

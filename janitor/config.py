@@ -49,6 +49,53 @@ class Settings(BaseSettings):
     socket_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     log_level: str = "info"
     log_format: str = "auto"
+    # daemon (`celery-janitor run`): seconds between runs of each job, random extra
+    # delay as a fraction of the interval, the HTTP server, shutdown and lease timing.
+    sweep_interval: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
+    census_interval: Annotated[float, Field(gt=0, le=7 * 86400)] = 900.0
+    info_interval: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    broker_interval: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
+    metrics_host: str = ""
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9810
+    shutdown_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    lease_ttl: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # broker: must match the workers' broker_transport_options (kombu's defaults shown)
+    visibility_timeout: Seconds = 3600
+    queues: str = ""  # comma-separated queue names, added to those found in _kombu.binding.*
+    broker_sep: str = "\x06\x16"
+    priority_steps: str = "0,3,6,9"
+    unacked_key: str = "unacked"
+    unacked_index_key: str = "unacked_index"
+    unacked_mutex_key: str = "unacked_mutex"
+    unacked_mutex_expire: Seconds = 300
+    unacked_page: Annotated[int, Field(ge=10, le=5000)] = 500  # Lua unpack() limit is ~8000
+    restore_stuck: bool = False
+    max_restores: Annotated[int, Field(ge=0, le=1000)] = 3
+    broker_db: Annotated[int, Field(ge=0)] | None = None  # heartbeat channel /<db>.celeryev; default: the URL's db
+
+    @field_validator("priority_steps")
+    @classmethod
+    def _steps(cls, value: str) -> str:
+        try:
+            steps = sorted({int(s) for s in value.split(",") if s.strip()})
+        except ValueError:
+            raise ValueError("must be comma-separated integers, e.g. 0,3,6,9") from None
+        if not steps or steps[0] != 0 or steps[-1] > 255:
+            raise ValueError("must start at 0 and stay within 0..255, e.g. 0,3,6,9")
+        return ",".join(map(str, steps))
+
+    @property
+    def priority_step_list(self) -> list[int]:
+        return [int(s) for s in self.priority_steps.split(",")]
+
+    # end broker
+
+    # status: the HTML page at / on the metrics port (janitor.status_page). A token,
+    # when set, is required as ?token= or "Authorization: Bearer"; it is never printed.
+    status_page: bool = True
+    status_token: str = Field(default="", repr=False, exclude=True)
+    # end status
 
     @field_validator("log_level")
     @classmethod
@@ -88,6 +135,8 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
     values: dict[str, object] = {
         name: env[f"JANITOR_{name.upper()}"] for name in Settings.model_fields if f"JANITOR_{name.upper()}" in env
     }
+    if "JANITOR_METRICS_PORT" not in env and env.get("PORT"):
+        values["metrics_port"] = env["PORT"]  # daemon: Railway and Heroku-style hosts inject PORT
     values.update(redis_url=url, redis_url_source=source, **overrides)
     try:
         # model_validate skips pydantic-settings' own os.environ read: `env` is the one source.

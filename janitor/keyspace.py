@@ -108,6 +108,11 @@ class Layout:
         return Kind.OTHER, b""
 
 
+def glob_escape(prefix: bytes) -> str:
+    """A SCAN MATCH pattern matching ``prefix`` literally (a key prefix may hold ``*?[]\\``)."""
+    return bytes(b for c in prefix for b in ((92, c) if c in b"*?[]\\" else (c,))).decode(errors="replace")
+
+
 def _plausible_id(ident: bytes) -> bool:
     """Celery ids are uuids by default but may be any string the caller chose.
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 import redis
+import structlog
 
 from janitor import config, embedded
 
 ENGINES = embedded.available_engines()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A test that configures logging (any in-process CLI call does) must not filter the next test's logs."""
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.WARNING)
 
 
 @pytest.fixture(name="engine_server", scope="session", params=ENGINES)

@@ -1,0 +1,66 @@
+"""APScheduler set-up: each job on its own interval with jitter, never overlapping itself.
+
+``max_instances=1`` with ``coalesce``: a run still going when the next one is
+due makes the scheduler skip that one (reported to ``on_overrun``) instead of
+queueing it, so a slow Redis delays sweeps rather than piling them up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+
+@dataclass(frozen=True)
+class Job:
+    """One recurring job; ``first_run`` is the delay before its first run, in seconds."""
+
+    id: str
+    func: Callable[[], None]
+    interval: float
+    first_run: float = 0.0
+
+
+def build(jobs: Iterable[Job], *, jitter: float, on_overrun: Callable[[str], None]) -> BackgroundScheduler:
+    """A scheduler with ``jobs`` added (not started); ``jitter`` is a fraction of each interval."""
+    jobs = list(jobs)
+    scheduler = BackgroundScheduler(
+        timezone=dt.UTC,
+        # One thread per job: a long sweep never holds up the cheap jobs.
+        executors={"default": ThreadPoolExecutor(max_workers=max(1, len(jobs)))},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+    )
+    now = dt.datetime.now(dt.UTC)
+    for job in jobs:
+        scheduler.add_job(
+            job.func,
+            IntervalTrigger(seconds=job.interval, jitter=job.interval * jitter or None),
+            id=job.id,
+            name=job.id,
+            next_run_time=now + dt.timedelta(seconds=job.first_run),
+        )
+
+    def overrun(event: JobEvent) -> None:
+        on_overrun(event.job_id)
+
+    scheduler.add_listener(overrun, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+    return scheduler
+
+
+def run_soon(scheduler: BackgroundScheduler, job_id: str) -> None:
+    """Bring a job's next run forward to now (say, right after taking the lease)."""
+    if scheduler.get_job(job_id) is not None:
+        scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.UTC))
+
+
+def shutdown(scheduler: BackgroundScheduler, **kwargs: Any) -> None:
+    """Stop scheduling and wait for running jobs (the caller bounds the wait)."""
+    if scheduler.running:
+        scheduler.shutdown(**kwargs)

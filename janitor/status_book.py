@@ -1,0 +1,95 @@
+"""What the daemon's jobs last saw, kept for the status page at ``/``.
+
+The page reads only this: viewing it sends nothing to Redis.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from janitor import findings, status_page
+from janitor.census import Census
+from janitor.config import Settings
+from janitor.connection import tls_verifies
+from janitor.sweeps.broker import BrokerReport
+from janitor.sweeps.results import SweepReport
+
+KEEP_SWEEPS = 10
+
+
+@dataclass
+class StatusBook:
+    settings: Settings
+    sweeps: collections.deque[status_page.SweepRun] = field(
+        default_factory=lambda: collections.deque(maxlen=KEEP_SWEEPS)
+    )
+    census: Census | None = None
+    census_at: dt.datetime | None = None
+    broker: BrokerReport | None = None
+    broker_at: dt.datetime | None = None
+    workers: findings.Workers | None = None
+    info: Mapping[str, Any] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def swept(self, report: SweepReport) -> None:
+        with self._lock:
+            self.sweeps.appendleft(status_page.SweepRun(_now(), report))
+
+    def counted(self, census: Census) -> None:
+        with self._lock:
+            self.census, self.census_at = census, _now()
+
+    def checked_broker(self, report: BrokerReport, workers: findings.Workers | None) -> None:
+        with self._lock:
+            self.broker, self.broker_at, self.workers = report, _now(), workers
+
+    def read_info(self, info: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.info = info
+
+    def state(self) -> status_page.StatusState:
+        with self._lock:
+            found = findings.evaluate(
+                findings.Inputs(
+                    census=self.census,
+                    memory=findings.MemoryInfo.from_info(self.info) if self.info else None,
+                    broker=self.broker,
+                    broker_error="" if self.broker is not None else "not checked yet",
+                    workers=self.workers,
+                    visibility_timeout=self.settings.visibility_timeout,
+                    tls_verifies=tls_verifies(self.settings.redis_url),
+                )
+            )
+            return status_page.StatusState(
+                generated_at=_now(),
+                redis_url=self.settings.masked_url,
+                sweeps=tuple(self.sweeps),
+                census=self.census,
+                census_at=self.census_at,
+                findings=found,
+                broker=self.broker,
+                broker_at=self.broker_at,
+                workers=self.workers,
+            )
+
+    def page(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The WSGI answer for ``/``: 404 when turned off, 401 without the token, else the page."""
+        if not self.settings.status_page:
+            return "404 Not Found", [("Content-Type", "text/plain")], b"status page turned off\n"
+        headers = {k[5:].replace("_", "-"): v for k, v in environ.items() if k.startswith("HTTP_")}
+        if not status_page.authorize(self.settings, headers, environ.get("QUERY_STRING", "")):
+            challenge = [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")]
+            return "401 Unauthorized", challenge, b"token required: ?token= or Authorization: Bearer\n"
+        return "200 OK", list(status_page.HEADERS.items()), status_page.render(self.state())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+__all__ = ["StatusBook"]

@@ -1,0 +1,798 @@
+"""Broker health: unacked messages, queue depths, orphaned tasks; and a safe restore.
+
+Works on kombu's Redis keys directly (shared/celery-redis-keyspace.md, "Broker"),
+without the user's Celery app and without ever opening a kombu consumer, so the
+janitor never takes a message off a queue.
+
+:func:`detect` is read-only. Every read is bounded: ``unacked_index`` is walked
+oldest first one page at a time (``ZRANGE BYSCORE LIMIT``), and the ``unacked``
+entries of a page are summarised by a script on the server (``SUMMARY``) so
+message bodies never cross the network. :func:`restore` moves a message back to
+its queue with one atomic script per message (``RESTORE``), under kombu's own
+``unacked_mutex``, the way kombu's ``restore_by_tag`` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import datetime as dt
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from janitor import payload, scripts
+from janitor.config import Settings
+from janitor.heartbeats import WorkerTracker
+from janitor.keyspace import Layout
+
+DEFAULT_SEP = "\x06\x16"
+DEFAULT_STEPS = (0, 3, 6, 9)
+# Exchanges kombu/Celery use for pub/sub and remote control: their binding
+# members name no list, so they are not queues to measure.
+_NOT_QUEUE_EXCHANGES = {"celeryev", "celery.pidbox", "reply.celery.pidbox"}
+REPLY_EXCHANGE = "reply.celery.pidbox"
+# A restore counter outlives any sane retry storm and then cleans itself up.
+RESTORE_COUNT_TTL_S = 7 * 86400
+# An unacked hash this large is an incident in itself; one pass stops there.
+MAX_WALK = 200_000
+STATES = ("active", "held", "stuck", "expired", "unreadable", "index_only", "hash_only")
+
+# KEYS[1]: unacked hash. ARGV: delivery tags. Per tag: false (no hash entry),
+# '!' (not kombu's JSON), or a small JSON summary of the headers the janitor
+# needs. cjson runs on the server so a page of large messages costs a page of
+# small replies. Protocol-1 messages keep task fields in the body; a body up to
+# 64 KiB is returned for Python to decode (Lua has no base64).
+SUMMARY = """
+local out = {}
+local vals = redis.call('HMGET', KEYS[1], unpack(ARGV))
+for i = 1, #ARGV do
+  local raw = vals[i]
+  if not raw then
+    out[i] = false
+  else
+    local ok, v = pcall(cjson.decode, raw)
+    if not ok or type(v) ~= 'table' or type(v[1]) ~= 'table' then
+      out[i] = '!'
+    else
+      local m, h, p = v[1], v[1]['headers'], v[1]['properties']
+      if type(h) ~= 'table' then h = {} end
+      if type(p) ~= 'table' then p = {} end
+      local s = {ex = v[2], rk = v[3], task = h['task'], id = h['id'], eta = h['eta'],
+                 expires = h['expires'], retries = h['retries'], priority = p['priority']}
+      if h['task'] == nil and type(m['body']) == 'string' and #m['body'] <= 65536 then
+        s['body'] = m['body']
+        s['enc'] = p['body_encoding']
+      end
+      local ok2, enc = pcall(cjson.encode, s)
+      out[i] = ok2 and enc or '!'
+    end
+  end
+end
+return out
+"""
+
+# KEYS[1]: unacked hash, KEYS[2]: unacked_index. ARGV: cursor, count. One HSCAN
+# page; returns {next cursor, fields with no index entry}. Values stay on the server.
+HASH_ORPHANS = """
+local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local orphans = {}
+for i = 1, #r[2], 2 do
+  if not redis.call('ZSCORE', KEYS[2], r[2][i]) then orphans[#orphans + 1] = r[2][i] end
+end
+return {r[1], orphans}
+"""
+
+# KEYS: priority sub-lists. Per key {LLEN, age stamp or false}: the stamp is
+# properties.timestamp or headers.timestamp of the next message to be consumed
+# (kombu pops from the right). Stock Celery sends none; publishers may add one.
+QUEUE_DEPTH = """
+local out = {}
+for i = 1, #KEYS do
+  local n = redis.call('LLEN', KEYS[i])
+  local ts = false
+  if n > 0 then
+    local ok, m = pcall(cjson.decode, redis.call('LINDEX', KEYS[i], -1))
+    if ok and type(m) == 'table' then
+      local p, h = m['properties'], m['headers']
+      if type(p) == 'table' and type(p['timestamp']) == 'number' then ts = tostring(p['timestamp'])
+      elseif type(h) == 'table' and type(h['timestamp']) == 'number' then ts = tostring(h['timestamp']) end
+    end
+  end
+  out[i] = {n, ts}
+end
+return out
+"""
+
+# KEYS[1] unacked, [2] unacked_index, [3] unacked_mutex, [4] restore counter,
+# [5] dead-letter list, [6..] target lists. ARGV: tag, mutex token, sha1 of the
+# entry as read, new payload, delivery score as read, max restores, counter TTL,
+# '1' to dead-letter regardless of the counter.
+# Atomic, so whoever removes the hash entry owns the restore: kombu's
+# restore_by_tag WATCHes the hash, so its EXEC aborts if we went first, and if
+# it went first we find nothing. The sha1 and score guards refuse an entry that
+# was re-delivered (same tag, new copy) since we read it.
+RESTORE = """
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return redis.error_reply('FENCED unacked_mutex lost')
+end
+local tag = ARGV[1]
+local raw = redis.call('HGET', KEYS[1], tag)
+if not raw then
+  redis.call('ZREM', KEYS[2], tag)
+  return 'gone'
+end
+local score = redis.call('ZSCORE', KEYS[2], tag)
+if redis.sha1hex(raw) ~= ARGV[3] or not score or math.abs(tonumber(score) - tonumber(ARGV[5])) > 0.001 then
+  return 'changed'
+end
+redis.call('HDEL', KEYS[1], tag)
+redis.call('ZREM', KEYS[2], tag)
+local n = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+if ARGV[8] == '1' or n > tonumber(ARGV[6]) then
+  redis.call('LPUSH', KEYS[5], ARGV[4])
+  return 'dead:' .. n
+end
+for i = 6, #KEYS do
+  redis.call('RPUSH', KEYS[i], ARGV[4])
+end
+return 'restored:' .. n
+"""
+
+# KEYS[1]: unacked_mutex. ARGV[1]: our token. Compare-and-delete, as redis-py's Lock.release.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# -- report types --------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class UnackedMessage:
+    """One entry of ``unacked``, as its headers describe it."""
+
+    tag: str
+    task_name: str
+    task_id: str
+    queue: str
+    priority: int
+    delivered_at: float
+    eta: float | None
+    expires: float | None
+    retries: int
+    state: str
+    exchange: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Messages waiting in one queue, over all its priority lists."""
+
+    name: str
+    total: int
+    by_priority: dict[int, int]
+    oldest_age_s: float | None
+
+
+@dataclass
+class BrokerReport:
+    """What one read-only pass saw. ``stuck`` lists what :func:`restore` may act on."""
+
+    now: float
+    visibility_timeout: int
+    queues: list[QueueDepth] = field(default_factory=list)
+    unacked_total: int = 0
+    by_state: collections.Counter[str] = field(default_factory=collections.Counter)
+    oldest_unacked_age_s: float | None = None
+    # state 'stuck' (past the visibility timeout) or 'expired' (past it and past `expires`)
+    stuck: list[UnackedMessage] = field(default_factory=list)
+    max_eta_delay_s: float | None = None
+    orphaned_started: list[tuple[str, str]] = field(default_factory=list)
+    workers_alive: int | None = None  # None: no heartbeat listener was given
+    leaked_reply_lists: int = 0
+    truncated: bool = False
+    duration_s: float = 0.0
+    tally: scripts.Tally = field(default_factory=scripts.Tally)
+
+    @property
+    def stuck_tags(self) -> set[str]:
+        """Pass this as ``previous_stuck`` to the next :func:`restore`."""
+        return {m.tag for m in self.stuck}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "visibility_timeout": self.visibility_timeout,
+            "queues": [
+                {"name": q.name, "total": q.total, "by_priority": q.by_priority, "oldest_age_s": q.oldest_age_s}
+                for q in self.queues
+            ],
+            "unacked_total": self.unacked_total,
+            "by_state": {s: self.by_state[s] for s in STATES},
+            "oldest_unacked_age_s": _round(self.oldest_unacked_age_s),
+            "stuck": [m.as_dict() for m in self.stuck],
+            "max_eta_delay_s": _round(self.max_eta_delay_s),
+            "orphaned_started": [{"task_id": t, "hostname": h} for t, h in self.orphaned_started],
+            "workers_alive": self.workers_alive,
+            "leaked_reply_lists": self.leaked_reply_lists,
+            "truncated": self.truncated,
+            "duration_s": round(self.duration_s, 3),
+            "commands": dict(self.tally.commands),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message moved to ``<prefix>janitor.dead.<queue>`` instead of its queue."""
+
+    tag: str
+    task_id: str
+    task_name: str
+    queue: str
+    reason: str  # max_restores | expired | unroutable
+    restores: int
+
+
+@dataclass
+class RestoreReport:
+    """What :func:`restore` did (or, dry, would do)."""
+
+    dry_run: bool
+    restored: collections.Counter[str] = field(default_factory=collections.Counter)  # by queue
+    dead_lettered: collections.Counter[str] = field(default_factory=collections.Counter)
+    dead: list[DeadLetter] = field(default_factory=list)
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
+    mutex_held: bool = False
+    seen_stuck: set[str] = field(default_factory=set)
+    tally: scripts.Tally = field(default_factory=scripts.Tally)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "restored": dict(self.restored),
+            "dead_lettered": dict(self.dead_lettered),
+            "dead": [{k: getattr(d, k) for k in d.__slots__} for d in self.dead],
+            "skipped": dict(self.skipped),
+            "mutex_held": self.mutex_held,
+            "commands": dict(self.tally.commands),
+        }
+
+
+# -- key names -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BrokerKeys:
+    """kombu's key names under ``global_keyprefix`` (prepended with no separator)."""
+
+    prefix: str
+    unacked: str
+    index: str
+    mutex: str
+    sep: str
+    steps: tuple[int, ...]
+
+    @classmethod
+    def of(cls, settings: Settings) -> BrokerKeys:
+        p = settings.broker_key_prefix
+        return cls(
+            p,
+            p + settings.unacked_key,
+            p + settings.unacked_index_key,
+            p + settings.unacked_mutex_key,
+            settings.broker_sep,
+            tuple(settings.priority_step_list),
+        )
+
+    def q_for_pri(self, queue: str, priority: int) -> str:
+        """kombu's ``Channel._q_for_pri``: the list a message of this priority goes to."""
+        step = max((s for s in self.steps if s <= priority), default=0)
+        return self.prefix + (f"{queue}{self.sep}{step}" if step else queue)
+
+    def sublists(self, queue: str) -> dict[str, int]:
+        """Every list that may hold this queue's messages → its priority step.
+
+        Both the configured ``sep``/steps and kombu's defaults, so a janitor
+        configured differently from the workers still sees every message.
+        """
+        out = {self.prefix + queue: 0}
+        for sep, steps in ((self.sep, self.steps), (DEFAULT_SEP, DEFAULT_STEPS)):
+            out.update({f"{self.prefix}{queue}{sep}{s}": s for s in steps if s})
+        return out
+
+    def counter(self, tag: str) -> str:
+        return f"{self.prefix}celery-janitor:restores:{tag}"
+
+    def dead_list(self, queue: str) -> str:
+        return f"{self.prefix}janitor.dead.{queue}"
+
+    def binding(self, exchange: str) -> str:
+        return f"{self.prefix}_kombu.binding.{exchange}"
+
+
+# -- detection -----------------------------------------------------------------
+def detect(
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    now: float,
+    workers: WorkerTracker | None = None,
+    tally: scripts.Tally | None = None,
+) -> BrokerReport:
+    """One read-only pass over the unacked set, the queues and the reply bindings."""
+    started = time.monotonic()
+    keys = BrokerKeys.of(settings)
+    report = BrokerReport(now=now, visibility_timeout=settings.visibility_timeout, tally=tally or scripts.Tally())
+    layout = Layout.for_prefixes(settings.key_prefix, settings.broker_key_prefix)
+    alive = workers.alive(now) if workers is not None else None
+    judge_started = workers is not None and workers.knows_the_dead(now)
+    if alive is not None:
+        report.workers_alive = len(alive)
+    for page in _index_pages(client, keys.index, settings.unacked_page, report):
+        messages = _summarise(client, keys, page, settings, report)
+        if judge_started and alive is not None:
+            _orphans(client, layout, messages, alive=alive, settings=settings, report=report)
+    _hash_orphans(client, keys, settings, report)
+    report.queues = _queue_depths(client, settings, keys, report)
+    report.leaked_reply_lists = _leaked_replies(client, keys, settings, report)
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def _index_pages(client: redis.Redis, index: str, size: int, report: BrokerReport) -> Iterator[list[tuple[str, float]]]:
+    """``unacked_index`` oldest first, one bounded page at a time.
+
+    Paging is by score, not offset, so entries acked meanwhile shift nothing;
+    ``skip`` steps over entries already seen that share the last score.
+    """
+    low: float | str = "-inf"
+    skip = 0
+    walked = 0
+    while walked < MAX_WALK:
+        report.tally.commands["ZRANGE"] += 1
+        rows: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
+            index, low, "+inf", byscore=True, offset=skip, num=size, withscores=True
+        )
+        if not rows:
+            return
+        page = [(_text(t), float(s)) for t, s in rows]
+        walked += len(page)
+        yield page
+        if len(page) < size:
+            return
+        last = page[-1][1]
+        same = sum(1 for _, s in page if s == last)
+        skip = skip + same if low == last else same
+        low = last
+    report.truncated = True
+
+
+def _summarise(
+    client: redis.Redis, keys: BrokerKeys, page: list[tuple[str, float]], settings: Settings, report: BrokerReport
+) -> list[UnackedMessage]:
+    rows = report.tally.run(client, SUMMARY, [keys.unacked.encode()], [t for t, _ in page])
+    vt = settings.visibility_timeout
+    out: list[UnackedMessage] = []
+    for (tag, delivered), row in zip(page, rows, strict=True):
+        report.unacked_total += 1
+        age = report.now - delivered
+        if report.oldest_unacked_age_s is None or age > report.oldest_unacked_age_s:
+            report.oldest_unacked_age_s = age
+        if row is None:
+            report.by_state["index_only"] += 1
+            continue
+        fields = _fields(row)
+        if fields is None:
+            report.by_state["unreadable"] += 1
+            continue
+        eta, expires = _stamp(fields.get("eta")), _stamp(fields.get("expires"))
+        if eta is not None:
+            delay = eta - delivered
+            report.max_eta_delay_s = delay if report.max_eta_delay_s is None else max(report.max_eta_delay_s, delay)
+        past_vt = report.now > delivered + vt
+        if expires is not None and expires < report.now:
+            state = "expired"
+        elif eta is not None and report.now < eta + vt:
+            state = "held"  # kombu#337: a worker holds ETA messages in memory, scored by delivery time
+        elif past_vt:
+            state = "stuck"
+        else:
+            state = "active"
+        report.by_state[state] += 1
+        msg = UnackedMessage(
+            tag=tag,
+            task_name=_str(fields.get("task")) or "unknown",
+            task_id=_str(fields.get("id")),
+            queue=_str(fields.get("rk")),
+            priority=_priority(fields.get("priority")),
+            delivered_at=delivered,
+            eta=eta,
+            expires=expires,
+            retries=fields["retries"] if isinstance(fields.get("retries"), int) else 0,
+            state=state,
+            exchange=_str(fields.get("ex")),
+        )
+        out.append(msg)
+        # An expired message still inside the visibility timeout may be in a live
+        # worker's hands (it will discard it itself); only past it is it ours.
+        if state == "stuck" or (state == "expired" and past_vt):
+            report.stuck.append(msg)
+    return out
+
+
+def _fields(row: bytes) -> dict[str, Any] | None:
+    if row == b"!":
+        return None
+    try:
+        fields = json.loads(row)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    body = fields.pop("body", None)
+    if isinstance(body, str):  # task protocol 1: task fields in the body
+        try:
+            raw = base64.b64decode(body, validate=True) if fields.pop("enc", None) == "base64" else body.encode()
+            inner = json.loads(raw)
+        except (ValueError, binascii.Error, RecursionError):
+            inner = None
+        if isinstance(inner, dict):
+            for name in ("task", "id", "eta", "expires", "retries"):
+                fields.setdefault(name, inner.get(name))
+    return fields
+
+
+def _orphans(
+    client: redis.Redis,
+    layout: Layout,
+    messages: list[UnackedMessage],
+    *,
+    alive: dict[str, float],
+    settings: Settings,
+    report: BrokerReport,
+) -> None:
+    """STARTED results of unacked messages whose worker sends no heartbeat.
+
+    Only ``acks_late`` tasks are still in ``unacked`` while they run, so these
+    are the ones found here; an early-acked STARTED task of a dead worker left
+    no broker trace and only a result-key scan can find it.
+    """
+    ids = sorted({m.task_id for m in messages if m.task_id})
+    if not ids:
+        return
+    report.tally.commands["MGET"] += 1
+    values = client.mget([layout.task_prefix + i.encode() for i in ids])
+    for task_id, raw in zip(ids, values, strict=True):
+        if not isinstance(raw, bytes):
+            continue
+        try:
+            meta, _ = payload.decode(raw, max_bytes=settings.max_value_bytes)
+        except payload.PayloadError:
+            continue
+        if not isinstance(meta, dict) or meta.get("status") != "STARTED":
+            continue
+        result = meta.get("result")
+        host = result.get("hostname") if isinstance(result, dict) else None
+        if isinstance(host, str) and host not in alive:
+            report.orphaned_started.append((task_id, host))
+
+
+def _hash_orphans(client: redis.Redis, keys: BrokerKeys, settings: Settings, report: BrokerReport) -> None:
+    """Count ``unacked`` entries with no ``unacked_index`` entry (kombu never restores those)."""
+    cursor = b"0"
+    while True:
+        next_cursor, orphans = report.tally.run(
+            client, HASH_ORPHANS, [keys.unacked.encode(), keys.index.encode()], [cursor, settings.unacked_page]
+        )
+        report.by_state["hash_only"] += len(orphans)
+        cursor = next_cursor
+        if cursor in {b"0", 0, "0"}:
+            return
+
+
+def _queue_names(client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport) -> set[str]:
+    names = {q.strip() for q in settings.queues.split(",") if q.strip()}
+    match = _glob_escape(keys.binding("")) + "*"
+    cursor = 0
+    bindings: list[bytes | str] = []
+    while True:
+        report.tally.commands["SCAN"] += 1
+        cursor, found = client.scan(cursor, match=match, count=settings.scan_count, _type="set")
+        bindings += found
+        if int(cursor) == 0:
+            break
+    skip = len(keys.binding(""))
+    for key in bindings:
+        if _text(key)[skip:] in _NOT_QUEUE_EXCHANGES:
+            continue
+        for member in _smembers(client, key, report):
+            queue = _split_binding(member, keys.sep)[2]
+            if queue and not queue.endswith(".celery.pidbox") and not queue.startswith("celeryev."):
+                names.add(queue)
+    return names
+
+
+def _queue_depths(client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport) -> list[QueueDepth]:
+    out = []
+    for name in sorted(_queue_names(client, settings, keys, report)):
+        lists = keys.sublists(name)
+        rows = report.tally.run(client, QUEUE_DEPTH, [k.encode() for k in lists], [])
+        by_priority: dict[int, int] = collections.Counter()
+        stamps = []
+        for step, (length, stamp) in zip(lists.values(), rows, strict=True):
+            if int(length):
+                by_priority[step] += int(length)
+            if stamp:
+                stamps.append(float(stamp))
+        oldest = report.now - min(stamps) if stamps else None
+        out.append(QueueDepth(name, sum(by_priority.values()), dict(sorted(by_priority.items())), oldest))
+    return out
+
+
+def _leaked_replies(client: redis.Redis, keys: BrokerKeys, settings: Settings, report: BrokerReport) -> int:
+    """Reply lists of control calls whose caller is gone: bound, no TTL, idle past reply_ttl.
+
+    Read from the reply exchange's binding set, so no keyspace scan; reply lists
+    that lost their binding in the SREM/DEL race are the results sweep's job.
+    """
+    lists = [
+        keys.prefix + _split_binding(m, keys.sep)[2] for m in _smembers(client, keys.binding(REPLY_EXCHANGE), report)
+    ]
+    leaked = 0
+    for start in range(0, len(lists), 200):
+        chunk = lists[start : start + 200]
+        pipe = client.pipeline(transaction=False)
+        for name in chunk:
+            pipe.pttl(name)
+            pipe.object("idletime", name)
+        report.tally.commands["PTTL"] += len(chunk)
+        report.tally.commands["OBJECT"] += len(chunk)
+        replies = pipe.execute(raise_on_error=False)
+        for pttl, idle in zip(replies[::2], replies[1::2], strict=True):
+            if pttl == -1 and isinstance(idle, int) and idle > settings.reply_ttl:
+                leaked += 1
+    return leaked
+
+
+# -- restore -------------------------------------------------------------------
+def restore(
+    client: redis.Redis,
+    settings: Settings,
+    report: BrokerReport,
+    *,
+    previous_stuck: set[str],
+    dry_run: bool,
+    tally: scripts.Tally | None = None,
+) -> RestoreReport:
+    """Push back what was stuck on this pass and the previous one; dead-letter what loops or expired.
+
+    Holds kombu's ``unacked_mutex`` for the whole pass, so a worker's own
+    ``restore_visible`` skips meanwhile (and we skip while it holds it).
+    """
+    keys = BrokerKeys.of(settings)
+    out = RestoreReport(dry_run=dry_run, seen_stuck=report.stuck_tags, tally=tally or scripts.Tally())
+    candidates = [m for m in report.stuck if m.tag in previous_stuck]
+    out.skipped["seen_once"] = len(report.stuck) - len(candidates)
+    if not candidates:
+        return out
+    token = uuid.uuid4().hex
+    if not dry_run:
+        out.tally.commands["SET"] += 1
+        if not client.set(keys.mutex, token, nx=True, px=settings.unacked_mutex_expire * 1000):
+            out.mutex_held = True
+            out.skipped["mutex_held"] += len(candidates)
+            return out
+    try:
+        tables: dict[str, list[tuple[str, str, str]]] = {}
+        for start in range(0, len(candidates), settings.unacked_page):
+            _restore_page(
+                client,
+                settings,
+                keys,
+                candidates[start : start + settings.unacked_page],
+                token=token,
+                tables=tables,
+                out=out,
+            )
+    finally:
+        if not dry_run:
+            out.tally.run(client, RELEASE, [keys.mutex.encode()], [token])
+    return out
+
+
+def auto_restore(
+    client: redis.Redis,
+    settings: Settings,
+    report: BrokerReport,
+    *,
+    previous_stuck: set[str],
+    tally: scripts.Tally | None = None,
+) -> RestoreReport | None:
+    """:func:`restore` when ``JANITOR_RESTORE_STUCK`` is on, else None (detection only)."""
+    if not settings.restore_stuck:
+        return None
+    return restore(client, settings, report, previous_stuck=previous_stuck, dry_run=settings.dry_run, tally=tally)
+
+
+def _restore_page(
+    client: redis.Redis,
+    settings: Settings,
+    keys: BrokerKeys,
+    page: list[UnackedMessage],
+    *,
+    token: str,
+    tables: dict[str, list[tuple[str, str, str]]],
+    out: RestoreReport,
+) -> None:
+    out.tally.commands["HMGET"] += 1
+    raws = client.hmget(keys.unacked, [m.tag for m in page])
+    counts: list[Any] = [None] * len(page)
+    if out.dry_run:
+        out.tally.commands["MGET"] += 1
+        counts = client.mget([keys.counter(m.tag) for m in page])
+    for msg, raw, count in zip(page, raws, counts, strict=True):
+        if not isinstance(raw, bytes):
+            out.skipped["gone"] += 1
+            continue
+        try:
+            entry, exchange, routing_key = json.loads(raw)
+            new_payload = _redelivered(entry)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            out.skipped["unreadable"] += 1
+            continue
+        queues = _route(client, keys, str(exchange or ""), str(routing_key or ""), tables=tables, tally=out.tally)
+        reason = "expired" if msg.state == "expired" else ("unroutable" if not queues else "")
+        home = queues[0] if queues else str(routing_key or exchange or "unroutable")
+        if out.dry_run:
+            restores = int(count or 0) + 1
+            result = "dead" if reason or restores > settings.max_restores else "restored"
+        else:
+            targets = [keys.q_for_pri(q, _priority(entry.get("properties", {}).get("priority"))) for q in queues]
+            reply = out.tally.run(
+                client,
+                RESTORE,
+                [
+                    k.encode()
+                    for k in (
+                        keys.unacked,
+                        keys.index,
+                        keys.mutex,
+                        keys.counter(msg.tag),
+                        keys.dead_list(home),
+                        *targets,
+                    )
+                ],
+                [
+                    msg.tag,
+                    token,
+                    scripts.sha1(raw),
+                    new_payload,
+                    repr(msg.delivered_at),
+                    settings.max_restores,
+                    RESTORE_COUNT_TTL_S,
+                    "1" if reason else "0",
+                ],
+            )
+            result, _, n = _text(reply).partition(":")
+            restores = int(n or 0)
+        if result == "restored":
+            out.restored[home] += 1
+        elif result == "dead":
+            out.dead_lettered[home] += 1
+            out.dead.append(DeadLetter(msg.tag, msg.task_id, msg.task_name, home, reason or "max_restores", restores))
+        else:
+            out.skipped[result] += 1
+
+
+def _redelivered(entry: dict[str, Any]) -> str:
+    """The message as kombu's ``_do_restore_message`` pushes it back: flagged redelivered."""
+    headers = entry.get("headers")
+    if isinstance(headers, dict):
+        headers["redelivered"] = True
+    info = entry.get("properties", {}).get("delivery_info")
+    if isinstance(info, dict):
+        info["redelivered"] = True
+    return json.dumps(entry)
+
+
+def _route(
+    client: redis.Redis,
+    keys: BrokerKeys,
+    exchange: str,
+    routing_key: str,
+    *,
+    tables: dict[str, list[tuple[str, str, str]]],
+    tally: scripts.Tally,
+) -> list[str]:
+    """kombu's ``_lookup``: '' → the routing key; a named exchange → its binding set.
+
+    A member with a pattern routes like a topic exchange, one without like a
+    direct exchange (kombu's default when the exchange type is unknown).
+    """
+    if not exchange:
+        return [routing_key] if routing_key else []
+    if exchange not in tables:
+        tally.commands["SMEMBERS"] += 1
+        tables[exchange] = [_split_binding(m, keys.sep) for m in client.smembers(keys.binding(exchange))]
+    queues = []
+    for rkey, pattern, queue in tables[exchange]:
+        try:
+            hit = bool(re.match(pattern, routing_key)) if pattern else rkey == routing_key
+        except re.error:
+            hit = False
+        if hit and queue not in queues:
+            queues.append(queue)
+    return sorted(queues)
+
+
+# -- helpers -------------------------------------------------------------------
+def _smembers(client: redis.Redis, key: bytes | str, report: BrokerReport) -> list[bytes]:
+    report.tally.commands["SSCAN"] += 1  # counted once per set; redis-py pages it
+    return [m if isinstance(m, bytes) else m.encode() for m in client.sscan_iter(key, count=500)]
+
+
+def _split_binding(member: bytes | str, sep: str) -> tuple[str, str, str]:
+    """``routing_key<sep>pattern<sep>queue`` (kombu ``_queue_bind``); tries kombu's default sep too."""
+    text = _text(member)
+    for s in (sep, DEFAULT_SEP):
+        parts = text.split(s)
+        if len(parts) == 3:
+            return parts[0], parts[1], parts[2]
+    return "", "", ""
+
+
+def _stamp(value: Any) -> float | None:
+    """Celery's ``eta``/``expires``: ISO 8601 (naive = UTC) or a unix timestamp."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def _priority(value: Any) -> int:
+    """kombu's ``_get_message_priority``: an int clamped to 0..9, 0 when absent or bad."""
+    try:
+        return max(0, min(int(value), 9))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def top_task_names(messages: Iterable[UnackedMessage], cap: int = 20) -> dict[str, int]:
+    """Stuck counts by task name, the ``cap`` largest kept and the rest under ``other``."""
+    counts = collections.Counter(m.task_name for m in messages if m.state == "stuck")
+    kept = dict(counts.most_common(cap))
+    rest = sum(counts.values()) - sum(kept.values())
+    if rest:
+        kept["other"] = kept.get("other", 0) + rest
+    return kept

@@ -1,0 +1,52 @@
+"""The Celery app the broker tests run real workers with (``celery -A tests.broker_app worker``).
+
+Configured from ``BROKER_APP_URL``. Workers never restore by themselves during a
+test (``unacked_restore_interval`` of an hour), so whatever comes back to a queue
+was put there by the janitor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+URL = os.environ.get("BROKER_APP_URL", "redis://127.0.0.1:6379/0")
+VISIBILITY_TIMEOUT = int(os.environ.get("BROKER_APP_VT", "3"))
+RELEASE_KEY = "test:release"
+
+app = Celery("broker_app", broker=URL, backend=URL)
+app.conf.update(
+    task_acks_late=True,
+    task_track_started=True,
+    worker_prefetch_multiplier=1,
+    result_expires=None,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, "unacked_restore_interval": 3600},
+    worker_hijack_root_logger=False,
+)
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(URL)
+
+
+@app.task(bind=True, name="broker_app.hold")
+def hold(self: Any) -> str:
+    """Wait until the test releases it, then count one execution for this task id."""
+    client = _redis()
+    while not client.exists(RELEASE_KEY):
+        time.sleep(0.05)
+    client.incr(f"test:done:{self.request.id}")
+    return "done"
+
+
+@app.task(name="broker_app.poison")
+def poison() -> None:
+    """Kill the whole worker process: what a segfaulting C extension or the OOM killer does."""
+    _redis().incr("test:poison:runs")
+    os.kill(os.getpid(), signal.SIGKILL)

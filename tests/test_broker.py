@@ -1,0 +1,552 @@
+"""Broker health and restore against real servers, real kombu and real Celery workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kombu
+import pytest
+import redis
+from celery import Celery
+from prometheus_client import CollectorRegistry, generate_latest
+
+from janitor import config, embedded
+from janitor.heartbeats import WorkerTracker
+from janitor.metrics_broker import BrokerMetrics
+from janitor.sweeps import broker
+from tests import broker_app
+
+ROOT = Path(__file__).resolve().parent.parent
+SEP = "\x06\x16"
+
+
+# -- helpers -------------------------------------------------------------------
+def producer(url: str, **transport: Any) -> Celery:
+    """A bare Celery client (no tasks imported) that publishes like the user's app would."""
+    app = Celery("producer", broker=url, backend=url, set_as_current=False)
+    app.conf.broker_transport_options = transport
+    return app
+
+
+def deliver_without_ack(url: str, count: int, queue: str = "celery", **transport: Any) -> list[str]:
+    """Take ``count`` messages the way a consumer does, then vanish without acking (a dead worker)."""
+    tags = []
+    with kombu.Connection(url, transport_options=transport) as conn:
+        chan = conn.channel()
+        for _ in range(count):
+            msg = chan.basic_get(queue=queue, no_ack=False)
+            assert msg is not None
+            tags.append(msg.delivery_tag)
+        chan.do_restore = False  # a SIGKILLed worker restores nothing on its way out
+        chan.close()
+    return tags
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def celery_worker(
+    url: str, name: str, *, pool: str = "threads", concurrency: int = 4
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``celery worker`` subprocess in its own process group; killed on exit."""
+    env = os.environ | {"BROKER_APP_URL": url, "BROKER_APP_VT": "3"}
+    args = [sys.executable, "-m", "celery", "-A", "tests.broker_app", "worker", "-P", pool, "-c", str(concurrency)]
+    args += ["-n", name, "--without-mingle", "--without-gossip", "-l", "warning"]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        yield proc
+    finally:
+        sigkill(proc)
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def status(client: redis.Redis, task_id: str) -> str | None:
+    raw = client.get(f"celery-task-meta-{task_id}")
+    return json.loads(raw)["status"] if raw else None
+
+
+def message_ids(client: redis.Redis, queue: str = "celery") -> list[str]:
+    """Task ids of every message in the queue's lists and in ``unacked`` (duplicates kept)."""
+    ids = []
+    for key in broker.BrokerKeys.of(config.load({})).sublists(queue):
+        ids += [json.loads(m)["headers"]["id"] for m in client.lrange(key, 0, -1)]
+    ids += [json.loads(v)[0]["headers"]["id"] for v in client.hvals("unacked")]
+    return ids
+
+
+def janitor_settings(url: str, **env: str) -> config.Settings:
+    return config.load({"JANITOR_REDIS_URL": url, **{f"JANITOR_{k.upper()}": v for k, v in env.items()}})
+
+
+def snapshot(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key and its DUMP: equal snapshots mean nothing was written."""
+    return {k: client.dump(k) for k in sorted(client.scan_iter(count=1000))}
+
+
+# -- detection and restore without workers -------------------------------------
+class TestClassification:
+    """Each unacked message is classified by its own headers and delivery time."""
+
+    def test_states(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """Stuck, held (ETA), expired and still-active messages are told apart, and mismatches are counted."""
+        app = producer(server.url)
+        app.send_task("app.plain", (1,))
+        app.send_task("app.eta", countdown=3000)
+        app.send_task("app.gone", expires=5)
+        deliver_without_ack(server.url, 3)
+        client.zadd("unacked_index", {"ghost-tag": time.time()})  # index entry, no message
+        client.hset("unacked", "lost-tag", client.hvals("unacked")[0])  # message, no index entry
+        now = time.time()
+        settings = settings.model_copy(update={"visibility_timeout": 60})
+
+        fresh = broker.detect(client, settings, now=now)
+        later = broker.detect(client, settings, now=now + 120)
+
+        assert fresh.by_state["active"] == 2  # plain, and gone (not expired yet)
+        assert fresh.by_state["held"] == 1
+        assert fresh.stuck == []
+        assert later.unacked_total == 4
+        assert {m.task_name: m.state for m in later.stuck} == {"app.plain": "stuck", "app.gone": "expired"}
+        assert (later.by_state["held"], later.by_state["index_only"], later.by_state["hash_only"]) == (1, 1, 1)
+        assert later.max_eta_delay_s is not None
+        assert 2990 < later.max_eta_delay_s < 3010
+        assert later.oldest_unacked_age_s is not None
+        assert later.oldest_unacked_age_s >= 120
+
+    def test_walks_in_pages(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """A large unacked set is read a page at a time, each entry exactly once, even with tied scores."""
+        app = producer(server.url)
+        with app.producer_pool.acquire(block=True) as prod:
+            for i in range(130):
+                app.send_task("app.t", (i,), producer=prod)
+        deliver_without_ack(server.url, 130)
+        client.zadd("unacked_index", dict.fromkeys(client.zrange("unacked_index", 0, 59), 1000.0))  # ties across pages
+        settings = settings.model_copy(update={"unacked_page": 25})
+
+        report = broker.detect(client, settings, now=time.time() + 7200)
+
+        assert report.unacked_total == 130
+        assert len(report.stuck_tags) == 130
+        assert report.tally.commands["ZRANGE"] == 6
+
+
+class TestQueues:
+    """Queue depth counts every priority list, under kombu's default and a configured separator."""
+
+    def test_default_separator(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """celery_queue_length sums the priority lists and the per-priority gauge splits them."""
+        # Fresh queue names: kombu declares (binds) a queue once per process, and the server is shared.
+        work, other = f"work-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
+        app = producer(server.url)
+        for priority in (0, 1, 4, 6, 6, 9):
+            app.send_task("app.t", priority=priority, queue=work)
+        app.send_task("app.t", queue=other)
+        registry = CollectorRegistry()
+        metrics = BrokerMetrics(registry)
+
+        report = broker.detect(client, settings, now=time.time())
+        metrics.observe(report)
+
+        depths = {q.name: q for q in report.queues}
+        assert set(depths) == {work, other}  # found from _kombu.binding.*, JANITOR_QUEUES unset
+        assert depths[work].total == 6
+        assert depths[work].by_priority == {0: 2, 3: 1, 6: 2, 9: 1}
+        assert depths[other].total == 1
+        text = generate_latest(registry).decode()
+        assert f'celery_queue_length{{queue_name="{work}"}} 6.0' in text
+        assert f'janitor_queue_priority_length{{priority="6",queue_name="{work}"}} 2.0' in text
+
+    def test_configured_separator(self, client: redis.Redis, server: embedded.Server) -> None:
+        """With sep ':' and ten priority steps the janitor still finds every message."""
+        app = producer(server.url, sep=":", priority_steps=list(range(10)))
+        for priority in (0, 2, 5, 5, 7):
+            app.send_task("app.t", priority=priority)
+        settings = janitor_settings(server.url, broker_sep=":", priority_steps="0,1,2,3,4,5,6,7,8,9", queues="celery")
+
+        report = broker.detect(client, settings, now=time.time())
+
+        assert client.llen("celery:5") == 2
+        assert [(q.name, q.total, q.by_priority) for q in report.queues] == [("celery", 5, {0: 1, 2: 1, 5: 2, 7: 1})]
+
+    def test_oldest_age_when_stamped(
+        self, client: redis.Redis, settings: config.Settings, server: embedded.Server
+    ) -> None:
+        """The age of the next message is reported when its publisher stamped it, and None otherwise."""
+        stamped, plain = f"stamped-{uuid.uuid4().hex[:8]}", f"plain-{uuid.uuid4().hex[:8]}"
+        with kombu.Connection(server.url) as conn:
+            conn.SimpleQueue(stamped).put({"x": 1}, timestamp=time.time() - 30)
+            conn.SimpleQueue(plain).put({"x": 1})
+
+        ages = {q.name: q.oldest_age_s for q in broker.detect(client, settings, now=time.time()).queues}
+
+        assert ages[stamped] is not None
+        assert 29 < ages[stamped] < 60
+        assert ages[plain] is None
+
+
+class TestRestoreRules:
+    """Restore acts only on what is surely stuck, and moves it the way kombu would."""
+
+    def _stuck(self, client: redis.Redis, url: str, settings: config.Settings, **send: Any) -> broker.BrokerReport:
+        producer(url).send_task("app.t", **send)
+        deliver_without_ack(url, 1)
+        return broker.detect(client, settings, now=time.time() + 7200)
+
+    def test_needs_two_sightings(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """A message seen stuck once is left alone."""
+        report = self._stuck(client, server.url, settings)
+        before = snapshot(client)
+
+        done = broker.restore(client, settings, report, previous_stuck=set(), dry_run=False)
+
+        assert done.restored == {}
+        assert done.skipped["seen_once"] == 1
+        assert snapshot(client) == before
+
+    def test_dry_run_writes_nothing(
+        self, client: redis.Redis, settings: config.Settings, server: embedded.Server
+    ) -> None:
+        """A dry run reports the restore it would do and writes nothing."""
+        report = self._stuck(client, server.url, settings)
+        before = snapshot(client)
+
+        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=True)
+
+        assert done.restored == {"celery": 1}
+        assert snapshot(client) == before
+
+    def test_restore_like_kombu(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """The message goes back to its priority list, marked redelivered, with its tag and body unchanged."""
+        report = self._stuck(client, server.url, settings, priority=7)
+        original = json.loads(client.hvals("unacked")[0])[0]
+
+        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+
+        assert done.restored == {"celery": 1}
+        assert client.hlen("unacked") == client.zcard("unacked_index") == 0
+        assert client.exists("unacked_mutex") == 0
+        back = json.loads(client.lindex(f"celery{SEP}6", 0))
+        assert back["headers"]["redelivered"] is True
+        assert back["properties"]["delivery_info"]["redelivered"] is True
+        assert back["properties"]["delivery_tag"] == original["properties"]["delivery_tag"]
+        assert back["body"] == original["body"]
+
+    def test_named_exchange(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """A message published to a named exchange goes back to the queues bound to its routing key."""
+        with kombu.Connection(server.url) as conn:
+            exchange = kombu.Exchange("jobs", type="direct")
+            for name, key in (("q1", "a"), ("q2", "b")):
+                kombu.Queue(name, exchange, routing_key=key)(conn.default_channel).declare()
+            conn.Producer().publish({"x": 1}, exchange=exchange, routing_key="b", headers={"task": "t", "id": "i1"})
+        deliver_without_ack(server.url, 1, queue="q2")
+        report = broker.detect(client, settings, now=time.time() + 7200)
+
+        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+
+        assert done.restored == {"q2": 1}
+        assert (client.llen("q1"), client.llen("q2")) == (0, 1)
+
+    def test_expired_dead_lettered(
+        self, client: redis.Redis, settings: config.Settings, server: embedded.Server
+    ) -> None:
+        """A message past its ``expires`` goes to the dead-letter list, not back to the queue."""
+        report = self._stuck(client, server.url, settings, expires=60)
+
+        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+
+        assert done.dead_lettered == {"celery": 1}
+        assert [d.reason for d in done.dead] == ["expired"]
+        assert client.llen("celery") == 0
+        assert client.llen("janitor.dead.celery") == 1
+
+    def test_yields_to_kombu_mutex(
+        self, client: redis.Redis, settings: config.Settings, server: embedded.Server
+    ) -> None:
+        """While a kombu consumer holds unacked_mutex (its own restore), the janitor restores nothing."""
+        from kombu.transport.redis import Mutex
+
+        report = self._stuck(client, server.url, settings)
+        with Mutex(client, "unacked_mutex", 300):
+            done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+        assert done.mutex_held
+        assert done.restored == {}
+        assert client.hlen("unacked") == 1
+
+    def test_off_by_default(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """Without JANITOR_RESTORE_STUCK the janitor only reports."""
+        report = self._stuck(client, server.url, settings)
+        before = snapshot(client)
+
+        assert broker.auto_restore(client, settings, report, previous_stuck=report.stuck_tags) is None
+        assert snapshot(client) == before
+
+
+class TestMetrics:
+    """Stuck and restore metrics keep a bounded label set."""
+
+    def test_stuck_names_capped(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
+        """Past 20 task names, the rest of the stuck messages are counted under task_name="other"."""
+        app = producer(server.url)
+        for i in range(25):
+            app.send_task(f"app.task{i:02d}", priority=0)
+        app.send_task("app.task00")
+        deliver_without_ack(server.url, 26)
+        registry = CollectorRegistry()
+        metrics = BrokerMetrics(registry)
+        report = broker.detect(client, settings, now=time.time() + 7200)
+
+        metrics.observe(report)
+        metrics.observe_restore(
+            broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+        )
+
+        text = generate_latest(registry).decode()
+        assert text.count("janitor_stuck_messages{") == 21
+        assert 'janitor_stuck_messages{task_name="app.task00"} 2.0' in text
+        assert 'janitor_stuck_messages{task_name="other"} 5.0' in text
+        assert 'janitor_unacked_messages{state="stuck"} 26.0' in text
+        assert 'janitor_restored_total{queue="celery"} 26.0' in text
+
+
+# -- real workers ----------------------------------------------------------------
+@dataclass
+class KilledWorker:
+    """What the janitor saw and did around a worker SIGKILLed with three tasks running."""
+
+    ids: dict[str, str]
+    while_alive: broker.BrokerReport
+    first: broker.BrokerReport
+    second: broker.BrokerReport
+    restore_off_wrote: bool
+    restored: broker.RestoreReport
+    eta_entry_kept: bool
+    priority_list: list[str]
+    after_restore: broker.BrokerReport
+    executions: dict[str, int] = field(default_factory=dict)
+
+
+@pytest.fixture(name="killed", scope="module", params=embedded.available_engines())
+def _killed(request: pytest.FixtureRequest) -> Iterator[KilledWorker]:
+    with embedded.running(request.param) as server:
+        yield _kill_scenario(server)
+
+
+def _kill_scenario(server: embedded.Server) -> KilledWorker:
+    client = server.client()
+    settings = janitor_settings(server.url, visibility_timeout="3")
+    tracker = WorkerTracker().start(server.url, settings)
+    try:
+        app = producer(server.url)
+        ids = {"eta": app.send_task("broker_app.hold", countdown=300).id}
+        ids |= {role: app.send_task("broker_app.hold").id for role in ("a", "b")}
+        ids["prio"] = app.send_task("broker_app.hold", priority=6).id
+        with celery_worker(server.url, "w1@%h", concurrency=3) as w1:
+            running = [ids["a"], ids["b"], ids["prio"]]
+            wait_for(lambda: all(status(client, i) == "STARTED" for i in running), 30, "three STARTED tasks")
+            wait_for(lambda: client.hlen("unacked") == 4, 10, "four unacked messages")
+            wait_for(lambda: any(h.startswith("w1@") for h in tracker.alive()), 10, "a heartbeat from w1")
+            while_alive = broker.detect(client, settings, now=time.time(), workers=tracker)
+            sigkill(w1)
+        delivered = max(s for _, s in client.zrange("unacked_index", 0, -1, withscores=True))
+        wait_for(
+            lambda: time.time() > delivered + 3.2 and not tracker.alive() and tracker.knows_the_dead(),
+            30,
+            "visibility timeout and heartbeat expiry",
+        )
+        before = snapshot(client)
+        first = broker.detect(client, settings, now=time.time(), workers=tracker)
+        off = broker.auto_restore(client, settings, first, previous_stuck=set())
+        second = broker.detect(client, settings, now=time.time(), workers=tracker)
+        off = off or broker.auto_restore(client, settings, second, previous_stuck=first.stuck_tags)
+        restore_off_wrote = off is not None or snapshot(client) != before
+        eta_raw = [v for v in client.hvals("unacked") if ids["eta"].encode() in v]
+        on = settings.model_copy(update={"restore_stuck": True})
+        restored = broker.auto_restore(client, on, second, previous_stuck=first.stuck_tags)
+        assert restored is not None
+        eta_entry_kept = len(eta_raw) == 1 and eta_raw == [
+            v for v in client.hvals("unacked") if ids["eta"].encode() in v
+        ]
+        priority_list = [json.loads(m)["headers"]["id"] for m in client.lrange(f"celery{SEP}6", 0, -1)]
+        after_restore = broker.detect(client, settings, now=time.time(), workers=tracker)
+        client.set(broker_app.RELEASE_KEY, 1)
+        with celery_worker(server.url, "w2@%h"):
+            lost = [ids["a"], ids["b"], ids["prio"]]
+            wait_for(lambda: all(client.get(f"test:done:{i}") for i in lost), 30, "the lost tasks to run again")
+            time.sleep(1.0)  # room for a duplicate to show up
+        executions = {role: int(client.get(f"test:done:{i}") or 0) for role, i in ids.items()}
+        return KilledWorker(
+            ids,
+            while_alive,
+            first,
+            second,
+            restore_off_wrote,
+            restored,
+            eta_entry_kept,
+            priority_list,
+            after_restore,
+            executions,
+        )
+    finally:
+        tracker.stop()
+        client.close()
+
+
+@pytest.mark.celery
+class TestKilledWorker:
+    """After a worker is SIGKILLed mid-task, the janitor finds and safely recovers its tasks."""
+
+    def test_stuck_reported_with_task_names(self, killed: KilledWorker) -> None:
+        """The three running tasks are reported stuck under their task name; the ETA task is held."""
+        assert sorted(m.task_id for m in killed.second.stuck) == sorted([killed.ids[r] for r in ("a", "b", "prio")])
+        assert {m.task_name for m in killed.second.stuck} == {"broker_app.hold"}
+        assert killed.second.by_state["held"] == 1
+
+    def test_orphaned_started(self, killed: KilledWorker) -> None:
+        """Their STARTED results are reported orphaned once the worker's heartbeats stop, not before."""
+        assert killed.while_alive.orphaned_started == []
+        assert killed.while_alive.workers_alive == 1
+        orphaned = dict(killed.second.orphaned_started)
+        assert sorted(orphaned) == sorted([killed.ids[r] for r in ("a", "b", "prio")])
+        assert all(h.startswith("w1@") for h in orphaned.values())
+        assert killed.second.workers_alive == 0
+
+    def test_nothing_restored_while_off(self, killed: KilledWorker) -> None:
+        """With restore off, two passes write nothing at all."""
+        assert not killed.restore_off_wrote
+
+    def test_restored_once_each(self, killed: KilledWorker) -> None:
+        """With restore on, a fresh worker runs each lost task exactly once and the ETA task is untouched."""
+        assert killed.restored.restored == {"celery": 3}
+        assert killed.eta_entry_kept
+        assert killed.executions == {"a": 1, "b": 1, "prio": 1, "eta": 0}
+        assert killed.after_restore.stuck == []
+        assert killed.after_restore.by_state["held"] == 1
+
+    def test_priority_kept(self, killed: KilledWorker) -> None:
+        """The priority-6 message goes back to its priority list."""
+        assert killed.priority_list == [killed.ids["prio"]]
+
+
+@pytest.mark.celery
+class TestRace:
+    """Restoring alongside kombu's own restores never loses or duplicates a message."""
+
+    def test_thousand_stuck(self, client: redis.Redis, server: embedded.Server) -> None:
+        """kombu consumers and the janitor restore 1000 stuck messages at once: each ends up exactly once."""
+        app = producer(server.url)
+        with app.producer_pool.acquire(block=True) as prod:
+            sent = {app.send_task("app.t", (i,), producer=prod).id for i in range(1000)}
+        deliver_without_ack(server.url, 1000)
+        settings = janitor_settings(server.url, visibility_timeout="1")
+        time.sleep(1.1)
+        first = broker.detect(client, settings, now=time.time())
+        second = broker.detect(client, settings, now=time.time())
+        tags = [m.tag for m in second.stuck]
+        assert len(tags) == 1000
+        start = threading.Barrier(4)
+        errors: list[Exception] = []
+
+        def kombu_shutdown_restore(order: list[str]) -> None:
+            # What a worker's warm shutdown does: restore_by_tag for each tag, no mutex.
+            with kombu.Connection(server.url, transport_options={"visibility_timeout": 1}) as conn:
+                qos = conn.default_channel.qos
+                start.wait()
+                for tag in order:
+                    qos.restore_by_tag(tag)
+
+        def kombu_restore_visible() -> None:
+            with kombu.Connection(server.url, transport_options={"visibility_timeout": 1}) as conn:
+                qos = conn.default_channel.qos
+                start.wait()
+                while client.zcard("unacked_index"):
+                    qos.restore_visible(num=50, interval=1)
+
+        def guarded(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    fn(*args)
+                except Exception as exc:  # noqa: BLE001 - reported by the test below
+                    errors.append(exc)
+
+            return run
+
+        threads = [
+            threading.Thread(target=guarded(kombu_shutdown_restore, tags[::-1])),
+            threading.Thread(target=guarded(kombu_shutdown_restore, tags[500:] + tags[:500])),
+            threading.Thread(target=guarded(kombu_restore_visible)),
+        ]
+        for t in threads:
+            t.start()
+        start.wait()
+        restored = 0
+        report = second
+        previous = first.stuck_tags
+        while report.stuck:
+            done = broker.restore(client, settings, report, previous_stuck=previous, dry_run=False)
+            restored += done.restored.total()
+            previous = report.stuck_tags
+            report = broker.detect(client, settings, now=time.time() + 5)
+        for t in threads:
+            t.join(60)
+
+        assert errors == []
+        ids = message_ids(client)
+        assert len(ids) == 1000
+        assert set(ids) == sent
+        assert client.hlen("unacked") == 0
+        assert restored >= 1
+
+
+@pytest.mark.celery
+class TestPoison:
+    """A task that kills every worker that runs it ends in the dead-letter list instead of looping."""
+
+    def test_dead_lettered_after_cap(self, client: redis.Redis, server: embedded.Server) -> None:
+        """With JANITOR_MAX_RESTORES=1 the first crash is restored and the second dead-lettered."""
+        settings = janitor_settings(server.url, visibility_timeout="2", max_restores="1", restore_stuck="true")
+        task_id = producer(server.url).send_task("broker_app.poison").id
+        outcomes = []
+        for _round in range(2):
+            with celery_worker(server.url, "p@%h", pool="solo", concurrency=1) as worker:
+                worker.wait(30)
+            time.sleep(2.1)
+            first = broker.detect(client, settings, now=time.time())
+            second = broker.detect(client, settings, now=time.time())
+            done = broker.auto_restore(client, settings, second, previous_stuck=first.stuck_tags)
+            assert done is not None
+            outcomes.append((dict(done.restored), dict(done.dead_lettered)))
+
+        assert outcomes == [({"celery": 1}, {}), ({}, {"celery": 1})]
+        assert int(client.get("test:poison:runs") or 0) == 2
+        dead = [json.loads(m) for m in client.lrange("janitor.dead.celery", 0, -1)]
+        assert [m["headers"]["id"] for m in dead] == [task_id]
+        assert client.hlen("unacked") == 0
+        assert client.llen("celery") == 0

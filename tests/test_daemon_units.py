@@ -1,0 +1,115 @@
+"""Daemon parts in-process: scheduling without overlap, Redis state changes, census, settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+
+import redis
+import structlog
+from prometheus_client import CollectorRegistry
+
+from janitor import config, demo, scheduler, scripts
+from janitor.daemon import RedisHealth, error_label, result_census
+from janitor.metrics import Metrics, ResultCensus
+
+
+class TestScheduler:
+    def test_a_slow_job_never_overlaps_itself(self) -> None:
+        """A run longer than the interval delays the next one; overruns are reported, not queued."""
+        running, most, overruns = [0], [0], []
+        lock = threading.Lock()
+
+        def slow() -> None:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.35)
+            with lock:
+                running[0] -= 1
+
+        jobs = scheduler.build([scheduler.Job("slow", slow, 0.1)], jitter=0.5, on_overrun=overruns.append)
+        jobs.start()
+        time.sleep(1.2)
+        scheduler.shutdown(jobs, wait=True)
+        assert most[0] == 1
+        assert overruns
+        assert set(overruns) == {"slow"}
+
+    def test_run_soon_brings_a_job_forward(self) -> None:
+        """A job due in an hour runs at once when asked (the first sweep after taking the lease)."""
+        ran = threading.Event()
+        jobs = scheduler.build([scheduler.Job("late", ran.set, 3600, first_run=3600)], jitter=0, on_overrun=print)
+        jobs.start()
+        try:
+            assert not ran.wait(0.3)
+            scheduler.run_soon(jobs, "late")
+            assert ran.wait(3)
+        finally:
+            scheduler.shutdown(jobs, wait=False)
+
+
+class TestRedisHealth:
+    def test_one_log_line_per_change_of_state(self) -> None:
+        """Ten failures in a row log once; recovery logs once and wakes the jobs."""
+        registry = CollectorRegistry()
+        woken: list[int] = []
+        health = RedisHealth(Metrics(registry), "redis://h:6379/0", lambda: woken.append(1))
+        with structlog.testing.capture_logs() as logs:
+            health.ok()
+            for _ in range(10):
+                health.failed(redis.ConnectionError("Error 111 connecting to h:6379. Connection refused."))
+            assert registry.get_sample_value("janitor_redis_up") == 0
+            health.ok()
+            health.ok()
+        assert [e["event"] for e in logs] == ["redis.up", "redis.down", "redis.up"]
+        assert "cannot reach Redis" in logs[1]["detail"]
+        assert registry.get_sample_value("janitor_redis_errors_total", {"error": "connection"}) == 10
+        assert registry.get_sample_value("janitor_redis_up") == 1
+        assert woken == [1]
+
+    def test_errors_are_named(self) -> None:
+        """Auth and TLS failures get their own label, a refused batch is 'fenced'."""
+        assert error_label(redis.AuthenticationError("WRONGPASS invalid username-password pair")) == "auth"
+        assert error_label(redis.ConnectionError("Error 1 connecting: [SSL: CERTIFICATE_VERIFY_FAILED]")) == "tls"
+        assert error_label(redis.TimeoutError("Timeout reading from socket")) == "timeout"
+        assert error_label(ConnectionRefusedError(111, "refused")) == "connection"
+        assert error_label(redis.ResponseError("FENCED lease lost before this batch")) == "fenced"
+        assert error_label(redis.ResponseError("OOM command not allowed")) == "response"
+        assert error_label(ValueError("bug")) == "internal"
+
+
+class TestResultCensus:
+    def test_counts_by_state_and_ttl(self, client: redis.Redis, settings: config.Settings) -> None:
+        """Only result keys are read; oldest age comes from the oldest finished result."""
+        now = dt.datetime.now(dt.UTC)
+        client.set("celery-task-meta-a", json.dumps(demo.task_meta("a", "SUCCESS", now - dt.timedelta(hours=2))))
+        client.set("celery-task-meta-b", json.dumps(demo.task_meta("b", "SUCCESS", now)), ex=60)
+        client.set("celery-task-meta-c", json.dumps(demo.task_meta("c", "STARTED", None)))
+        client.set("celery-task-meta-d", json.dumps(demo.task_meta("d", "MY_STATE", now - dt.timedelta(days=9))))
+        client.set("celery-task-meta-e", b"\xff\xfe not a result")
+        client.set("app:session:1", "x")
+        tally = scripts.Tally()
+        taken = result_census(client, settings, tally, should_stop=lambda: False)
+        assert taken.completed
+        assert taken.total == 5  # app:session:1 is never read
+        census = ResultCensus.of(taken)
+        assert dict(census.keys) == {
+            ("SUCCESS", False): 1,
+            ("SUCCESS", True): 1,
+            ("STARTED", False): 1,
+            ("custom", False): 1,
+            ("unreadable", False): 1,
+        }
+        assert 7190 < census.oldest_age_s < 7300  # a custom state is not finished, so 'd' does not count
+        assert tally.commands["SCAN"] >= 1
+
+
+class TestSettings:
+    def test_port_falls_back_to_platform_port(self) -> None:
+        """Railway injects PORT; JANITOR_METRICS_PORT wins when both are set."""
+        assert config.load({"PORT": "8123"}).metrics_port == 8123
+        assert config.load({"PORT": "8123", "JANITOR_METRICS_PORT": "9000"}).metrics_port == 9000
+        assert config.load({}).metrics_port == 9810

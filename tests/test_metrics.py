@@ -1,0 +1,125 @@
+"""Metric objects on a fresh registry per test: names, labels, deltas, lint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from janitor import __version__
+from janitor.metrics import Metrics, ResultCensus, SweepRecorder
+from janitor.sweeps.results import SweepReport
+
+
+@pytest.fixture(name="registry")
+def _registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture(name="metrics")
+def _metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(registry)
+
+
+def _report() -> SweepReport:
+    report = SweepReport(dry_run=False, scanned=100, raced=1, bytes_deleted=500)
+    report.ttl_applied["task"] = 10
+    report.deleted["task"] = 5
+    report.skipped["bad_key_name"] = 2
+    report.tally.commands["EVALSHA"] = 4
+    return report
+
+
+class TestSweepRecorder:
+    def test_counts_each_number_once_across_batches(self, registry: CollectorRegistry, metrics: Metrics) -> None:
+        """Called per batch with a growing report, the counters end at the report's totals."""
+        recorder = SweepRecorder(metrics, "results")
+        report = _report()
+        recorder(report)
+        report.scanned += 50
+        report.deleted["task"] += 3
+        report.deleted["group"] += 1
+        recorder(report)
+        recorder(report)  # the final call after the last batch adds nothing new
+        get = registry.get_sample_value
+        assert get("janitor_keys_scanned_total", {"sweep": "results"}) == 150
+        assert get("janitor_keys_deleted_total", {"kind": "task", "reason": "retention"}) == 8
+        assert get("janitor_keys_deleted_total", {"kind": "group", "reason": "retention"}) == 1
+        assert get("janitor_keys_ttl_applied_total", {"kind": "task"}) == 10
+        assert get("janitor_keys_skipped_total", {"reason": "bad_key_name"}) == 2
+        assert get("janitor_keys_raced_total") == 1
+        assert get("janitor_deleted_value_bytes_total") == 500
+        assert get("janitor_redis_commands_total", {"command": "EVALSHA"}) == 4
+
+    def test_two_sweeps_add_up(self, registry: CollectorRegistry, metrics: Metrics) -> None:
+        """Each run has its own recorder; the counters keep growing across runs."""
+        SweepRecorder(metrics, "results")(_report())
+        SweepRecorder(metrics, "results")(_report())
+        assert registry.get_sample_value("janitor_keys_scanned_total", {"sweep": "results"}) == 200
+
+
+class TestSnapshots:
+    def test_absent_until_first_read(self, registry: CollectorRegistry, metrics: Metrics) -> None:
+        """No census or INFO yet: no made-up zeros."""
+        assert registry.get_sample_value("janitor_result_oldest_age_seconds") is None
+        assert registry.get_sample_value("janitor_redis_memory_used_bytes") is None
+
+    def test_census_replaces_the_previous_one(self, registry: CollectorRegistry, metrics: Metrics) -> None:
+        """A state that disappeared is gone from the next scrape, not stuck at its old value."""
+        metrics.snapshots.update(census=ResultCensus({("SUCCESS", False): 7, ("FAILURE", True): 2}, 99.5))
+        get = registry.get_sample_value
+        assert get("janitor_result_keys", {"state": "SUCCESS", "ttl": "false"}) == 7
+        assert get("janitor_result_keys", {"state": "FAILURE", "ttl": "true"}) == 2
+        assert get("janitor_result_oldest_age_seconds") == 99.5
+        metrics.snapshots.update(census=ResultCensus({("SUCCESS", True): 3}, 0.0))
+        assert get("janitor_result_keys", {"state": "SUCCESS", "ttl": "false"}) is None
+        assert get("janitor_result_keys", {"state": "SUCCESS", "ttl": "true"}) == 3
+
+    def test_info_fields(self, registry: CollectorRegistry, metrics: Metrics) -> None:
+        """Memory, eviction and keyspace figures from a parsed INFO reply."""
+        info = {
+            "used_memory": 1024,
+            "maxmemory": 4096,
+            "maxmemory_policy": "allkeys-lru",
+            "evicted_keys": 3,
+            "expired_keys": 9,
+            "connected_clients": 5,
+            "db0": {"keys": 10, "expires": 4, "avg_ttl": 0},
+            "db3": {"keys": 1, "expires": 0, "avg_ttl": 0},
+        }
+        metrics.snapshots.update(info=info)
+        get = registry.get_sample_value
+        assert get("janitor_redis_memory_used_bytes") == 1024
+        assert get("janitor_redis_memory_max_bytes") == 4096
+        assert get("janitor_redis_maxmemory_policy_info", {"policy": "allkeys-lru"}) == 1
+        assert get("janitor_redis_evicted_keys_total") == 3
+        assert get("janitor_redis_db_keys", {"db": "3"}) == 1
+        assert get("janitor_redis_db_keys_expiring", {"db": "0"}) == 4
+
+
+class TestExposition:
+    def test_build_info_and_no_created_series(self, registry: CollectorRegistry, metrics: Metrics) -> None:
+        """build_info carries the version; counters export no `_created` twin."""
+        metrics.sweep_errors.labels("results", "connection").inc()
+        assert registry.get_sample_value("janitor_build_info", {"version": __version__}) == 1
+        assert b"_created" not in generate_latest(registry)
+
+    @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+    def test_promtool_finds_nothing(self, registry: CollectorRegistry, metrics: Metrics) -> None:
+        """Every family, populated, passes `promtool check metrics`."""
+        SweepRecorder(metrics, "results")(_report())
+        metrics.sweep_duration.labels("results").observe(1.5)
+        metrics.sweep_last_success.labels("results").set(1.7e9)
+        metrics.sweep_errors.labels("results", "fenced").inc()
+        metrics.sweep_overruns.labels("results").inc()
+        metrics.redis_errors.labels("timeout").inc()
+        metrics.snapshots.update(
+            census=ResultCensus({("SUCCESS", False): 1}, 5.0),
+            info={"used_memory": 1, "maxmemory": 0, "maxmemory_policy": "noeviction", "db0": {"keys": 1, "expires": 0}},
+        )
+        lint = subprocess.run(
+            ["promtool", "check", "metrics"], input=generate_latest(registry), capture_output=True, check=False
+        )
+        assert (lint.returncode, lint.stdout + lint.stderr) == (0, b"")
