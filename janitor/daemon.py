@@ -143,6 +143,7 @@ class Daemon:
     broker_metrics: BrokerMetrics = field(init=False)
     workers: WorkerTracker = field(default_factory=WorkerTracker)
     _stuck_before: set[str] = field(default_factory=set)  # restore needs two sightings
+    catalog: broker.QueueCatalog = field(init=False)
     _last_sweep_error: str = ""
     _swept: bool = False
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -162,6 +163,8 @@ class Daemon:
         self.health = RedisHealth(self.metrics, s.masked_url, self._wake_all)
         self.book = StatusBook(s)
         self.broker_metrics = BrokerMetrics(self.metrics.registry)
+        # New queues are rare; finding them costs a full SCAN, so as often as the census.
+        self.catalog = broker.QueueCatalog(every=s.census_interval)
         self.metrics.is_leader.set_function(lambda: float(self.lease.held()))
         self.metrics.dry_run.set(int(s.dry_run))
         self.jobs = scheduler.build(
@@ -286,7 +289,9 @@ class Daemon:
             tally = scripts.Tally()
             try:
                 now = time.time()
-                report = broker.detect(self.client, self.settings, now=now, workers=self.workers, tally=tally)
+                report = broker.detect(
+                    self.client, self.settings, now=now, workers=self.workers, tally=tally, catalog=self.catalog
+                )
                 restored = broker.auto_restore(
                     self.client, self.settings, report, previous_stuck=self._stuck_before, tally=tally
                 )

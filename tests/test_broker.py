@@ -161,6 +161,22 @@ class TestClassification:
 class TestQueues:
     """Queue depth counts every priority list, under kombu's default and a configured separator."""
 
+    def test_catalog_spares_the_keyspace_scan(self, client: redis.Redis, settings: config.Settings) -> None:
+        """A daemon's repeated checks find queues by SCAN once per catalog period, then only read their depth."""
+        from janitor.sweeps.broker import QueueCatalog, detect
+
+        client.sadd("_kombu.binding.q1", "q1\x06\x16\x06\x16q1")
+        client.lpush("q1", "m")
+        catalog = QueueCatalog(every=900)
+        first = detect(client, settings, now=1000.0, catalog=catalog)
+        client.lpush("q1", "m")
+        second = detect(client, settings, now=1060.0, catalog=catalog)
+        assert first.tally.commands["SCAN"] >= 1
+        assert second.tally.commands["SCAN"] == 0
+        assert [q.total for q in second.queues if q.name == "q1"] == [2]
+        third = detect(client, settings, now=2000.0, catalog=catalog)
+        assert third.tally.commands["SCAN"] >= 1
+
     def test_default_separator(self, client: redis.Redis, settings: config.Settings, server: embedded.Server) -> None:
         """celery_queue_length sums the priority lists and the per-priority gauge splits them."""
         # Fresh queue names: kombu declares (binds) a queue once per process, and the server is shared.

@@ -319,6 +319,25 @@ class BrokerKeys:
 
 
 # -- detection -----------------------------------------------------------------
+@dataclass
+class QueueCatalog:
+    """Queue names from the binding sets, found again at most every ``every`` seconds.
+
+    Finding them is a SCAN of the whole keyspace (a binding set may have any
+    name); a daemon checking the broker every minute must not pay that each time.
+    """
+
+    every: float
+    names: frozenset[str] = frozenset()
+    found_at: float = float("-inf")
+
+    def get(self, client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport) -> set[str]:
+        if report.now - self.found_at >= self.every:
+            self.names = frozenset(_queue_names(client, settings, keys, report))
+            self.found_at = report.now
+        return set(self.names)
+
+
 def detect(
     client: redis.Redis,
     settings: Settings,
@@ -326,6 +345,7 @@ def detect(
     now: float,
     workers: WorkerTracker | None = None,
     tally: scripts.Tally | None = None,
+    catalog: QueueCatalog | None = None,
 ) -> BrokerReport:
     """One read-only pass over the unacked set, the queues and the reply bindings."""
     started = time.monotonic()
@@ -341,7 +361,8 @@ def detect(
         if judge_started and alive is not None:
             _orphans(client, layout, messages, alive=alive, settings=settings, report=report)
     _hash_orphans(client, keys, settings, report)
-    report.queues = _queue_depths(client, settings, keys, report)
+    names = (catalog or QueueCatalog(every=0)).get(client, settings, keys, report)
+    report.queues = _queue_depths(client, keys, report, names)
     report.leaked_reply_lists = _leaked_replies(client, keys, settings, report)
     report.duration_s = time.monotonic() - started
     return report
@@ -520,9 +541,9 @@ def _queue_names(client: redis.Redis, settings: Settings, keys: BrokerKeys, repo
     return names
 
 
-def _queue_depths(client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport) -> list[QueueDepth]:
+def _queue_depths(client: redis.Redis, keys: BrokerKeys, report: BrokerReport, names: set[str]) -> list[QueueDepth]:
     out = []
-    for name in sorted(_queue_names(client, settings, keys, report)):
+    for name in sorted(names):
         lists = keys.sublists(name)
         rows = report.tally.run(client, QUEUE_DEPTH, [k.encode() for k in lists], [])
         by_priority: dict[int, int] = collections.Counter()
