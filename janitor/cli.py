@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import redis
@@ -146,73 +146,71 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
     from janitor import heartbeats  # noqa: PLC0415 - only this verb pays for it
     from janitor.sweeps import broker  # noqa: PLC0415
 
-    if not settings.redis_url:
-        print("celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL)", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    tracker = heartbeats.WorkerTracker()
-    try:
-        client = connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout)
-        tracker.start(settings.redis_url, settings)
-        first = broker.detect(client, settings, now=time.time())
-        time.sleep(max(wait, 0.0))
-        second = broker.detect(client, settings, now=time.time(), workers=tracker)
-        done = broker.restore(client, settings, second, previous_stuck=first.stuck_tags, dry_run=dry_run)
-    except connection.URLError as exc:
-        print(f"celery-janitor: JANITOR_REDIS_URL: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, OSError) as exc:
-        print(f"celery-janitor: {settings.masked_url}: {connection.describe_error(exc)}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except redis.ResponseError as exc:
-        print(f"celery-janitor: Redis refused the restore: {connection.describe_error(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        tracker.stop()
-    structlog.get_logger("janitor.restore").info("restore.finished", **done.as_dict())
-    if as_json:
-        print(json.dumps({"detect": second.as_dict(), "restore": done.as_dict()}))
-    else:
-        verb = "would be" if dry_run else "were"
-        states = ", ".join(f"{k} {v}" for k, v in second.by_state.items() if v) or "none"
-        print(f"unacked: {second.unacked_total} ({states}); orphaned STARTED: {len(second.orphaned_started)}")
-        print(f"restored ({verb}): {dict(done.restored) or 0}; dead-lettered ({verb}): {dict(done.dead_lettered) or 0}")
-        for d in done.dead:
-            print(f"  dead: {d.task_name} {d.task_id} -> janitor.dead.{d.queue} ({d.reason}, restores {d.restores})")
-        if done.mutex_held:
-            print("unacked_mutex is held: a kombu consumer is restoring right now; nothing was moved, try again")
-    return EXIT_FAILED if done.mutex_held else EXIT_OK
+    def body(client: redis.Redis) -> int:
+        tracker = heartbeats.WorkerTracker()
+        try:
+            tracker.start(settings.redis_url, settings)
+            first = broker.detect(client, settings, now=time.time())
+            time.sleep(max(wait, 0.0))
+            second = broker.detect(client, settings, now=time.time(), workers=tracker)
+            done = broker.restore(client, settings, second, previous_stuck=first.stuck_tags, dry_run=dry_run)
+        finally:
+            tracker.stop()
+        structlog.get_logger("janitor.restore").info("restore.finished", **done.as_dict())
+        if as_json:
+            print(json.dumps({"detect": second.as_dict(), "restore": done.as_dict()}))
+        else:
+            verb = "would be" if dry_run else "were"
+            states = ", ".join(f"{k} {v}" for k, v in second.by_state.items() if v) or "none"
+            print(f"unacked: {second.unacked_total} ({states}); orphaned STARTED: {len(second.orphaned_started)}")
+            restored, dead = dict(done.restored) or 0, dict(done.dead_lettered) or 0
+            print(f"restored ({verb}): {restored}; dead-lettered ({verb}): {dead}")
+            for d in done.dead:
+                print(
+                    f"  dead: {d.task_name} {d.task_id} -> janitor.dead.{d.queue} ({d.reason}, restores {d.restores})"
+                )
+            if done.mutex_held:
+                print("unacked_mutex is held: a kombu consumer is restoring right now; nothing was moved, try again")
+        return EXIT_FAILED if done.mutex_held else EXIT_OK
+
+    return _against_redis(settings, "restore", body)
 
 
-def _diagnose(settings: config.Settings, *, as_json: bool, sample: int, listen_s: float) -> int:
-    """``celery-janitor diagnose``: read-only; exit 0 (no error finding), 1 (some), 2 (unreachable)."""
-    from janitor import diagnose  # noqa: PLC0415 - only this verb pays for it
-
+def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.Redis], int]) -> int:
+    """Run a one-shot verb; any failure to reach or use Redis becomes one actionable line and an exit code."""
     if not settings.redis_url:
         print(
             "celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL) to redis://[user:password@]host:port/db",
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
+    source = settings.redis_url_source or "JANITOR_REDIS_URL"
     try:
-        client = connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout)
-        result = diagnose.collect(client, settings, sample=sample, listen_s=listen_s)
+        return body(connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout))
     except connection.URLError as exc:
-        print(f"celery-janitor: {settings.redis_url_source}: {exc}", file=sys.stderr)
+        print(f"celery-janitor: {source}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, OSError) as exc:
-        print(
-            f"celery-janitor: {settings.redis_url_source} {settings.masked_url}: {connection.describe_error(exc)}",
-            file=sys.stderr,
-        )
+        print(f"celery-janitor: {source} {settings.masked_url}: {connection.describe_error(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except redis.ResponseError as exc:
-        print(f"celery-janitor: Redis refused a read: {connection.describe_error(exc)}", file=sys.stderr)
+        print(f"celery-janitor: Redis refused the {what}: {connection.describe_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    if as_json:
-        print(json.dumps(result.as_dict(), indent=2))
-    else:
-        sys.stdout.write(diagnose.render_text(result))
-    return result.exit_code
+
+
+def _diagnose(settings: config.Settings, *, as_json: bool, sample: int, listen_s: float) -> int:
+    """``celery-janitor diagnose``: read-only; exit 0 (no error finding), 1 (some), 2 (unreachable)."""
+    from janitor import diagnose  # noqa: PLC0415 - only this verb pays for it
+
+    def body(client: redis.Redis) -> int:
+        result = diagnose.collect(client, settings, sample=sample, listen_s=listen_s)
+        if as_json:
+            print(json.dumps(result.as_dict(), indent=2))
+        else:
+            sys.stdout.write(diagnose.render_text(result))
+        return result.exit_code
+
+    return _against_redis(settings, "diagnose reads", body)
 
 
 def _sweep_progress(client: redis.Redis) -> Progress:
@@ -228,38 +226,19 @@ def _sweep_progress(client: redis.Redis) -> Progress:
 
 
 def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
-    log = structlog.get_logger("janitor.sweep")
-    if not settings.redis_url:
-        print(
-            "celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL) to redis://[user:password@]host:port/db",
-            file=sys.stderr,
-        )
-        return EXIT_UNREACHABLE
-    try:
-        client = connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout)
+    def body(client: redis.Redis) -> int:
         with _sweep_progress(client) as bar:
             report = sweep(client, settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
-    except connection.URLError as exc:
-        print(f"celery-janitor: JANITOR_REDIS_URL: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, OSError) as exc:
-        print(
-            f"celery-janitor: {settings.redis_url_source} {settings.masked_url}: {connection.describe_error(exc)}",
-            file=sys.stderr,
-        )
-        return EXIT_UNREACHABLE
-    except redis.ResponseError as exc:
-        print(f"celery-janitor: Redis refused the sweep: {connection.describe_error(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    log.info("sweep.finished", url=settings.masked_url, **report.as_dict())
-    if as_json:
-        print(json.dumps(report.as_dict()))
-    elif sys.stdout.isatty():
-        _print_report(report, sys.stdout)
-    return EXIT_OK
+        structlog.get_logger("janitor.sweep").info("sweep.finished", url=settings.masked_url, **report.as_dict())
+        if as_json:
+            print(json.dumps(report.as_dict()))
+        elif sys.stdout.isatty():
+            _print_report(report, sys.stdout)
+        return EXIT_OK
+
+    return _against_redis(settings, "sweep", body)
 
 
-# Why a key was left alone, for the sweep table (reasons not listed print as-is).
 _SKIP_REASONS = {
     "bad_key_name": "name no Celery client writes",
     "wrong_type": "not the Redis type Celery uses",

@@ -8,6 +8,7 @@ Accepts what Celery accepts: ``redis://``, ``rediss://`` with ``ssl_cert_reqs``,
 
 from __future__ import annotations
 
+import inspect
 import re
 import ssl
 from typing import Any
@@ -29,6 +30,15 @@ _TLS_PATHS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 _USERINFO = re.compile(r"(?<=://)([^:/@\s]*):(\S*?)@(?=[^@/\s]*(?:[/?#\s]|$))")
 
 
+# No CLIENT SETINFO on every connect: one command fewer to pay for and to grant
+# (docs/acl.md). redis-py 8 spells it driver_info=None; older versions lib_name=None.
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+
 class URLError(ValueError):
     """The Redis URL cannot be used; the message never contains the password."""
 
@@ -48,9 +58,7 @@ def client_kwargs(url: str, *, socket_timeout: float) -> dict[str, Any]:
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
         "client_name": "celery-janitor",
-        # No CLIENT SETINFO on every connect: one command fewer to pay for and to grant (docs/acl.md).
-        "lib_name": None,
-        "lib_version": None,
+        **_NO_SETINFO,
     }
     try:
         port = parts.port
