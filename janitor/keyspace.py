@@ -7,6 +7,7 @@ Pure functions, no I/O: the one place that knows Celery's key layout
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 TASK_PREFIX = b"celery-task-meta-"
@@ -108,6 +109,10 @@ class Layout:
         return Kind.OTHER, b""
 
 
+# Control and glob characters; a regex, because this runs for every key scanned.
+_NOT_IN_IDS = re.compile(rb"[\x00-\x1f\x7f*?\[\]]")
+
+
 def glob_escape(prefix: bytes) -> str:
     """A SCAN MATCH pattern matching ``prefix`` literally (a key prefix may hold ``*?[]\\``)."""
     return bytes(b for c in prefix for b in ((92, c) if c in b"*?[]\\" else (c,))).decode(errors="replace")
@@ -122,7 +127,7 @@ def _plausible_id(ident: bytes) -> bool:
     """
     if not ident or len(ident) > 255 or ident.startswith((TASK_PREFIX, GROUP_PREFIX)):
         return False  # a doubled prefix is a key-building bug, not a Celery id
-    if any(c < 0x20 or c == 0x7F or c in b"*?[]" for c in ident):
+    if _NOT_IN_IDS.search(ident):
         return False
     try:
         ident.decode()

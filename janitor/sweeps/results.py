@@ -112,10 +112,14 @@ class _Pass:
     clock: Callable[[], dt.datetime]
     layout: Layout = field(init=False)
     pacer: Pacer = field(init=False)
+    act_pacer: Pacer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.layout = Layout.for_prefixes(self.settings.key_prefix, self.settings.broker_key_prefix)
-        self.pacer = Pacer(self.settings.max_batch_ms, self.settings.scan_count, self.settings.max_keys_per_second)
+        s = self.settings
+        self.layout = Layout.for_prefixes(s.key_prefix, s.broker_key_prefix)
+        # INSPECT and ACT cost differently per key, so each is sized on its own timings.
+        self.pacer = Pacer(s.max_batch_ms, s.scan_count, s.max_keys_per_second)
+        self.act_pacer = Pacer(s.max_batch_ms, s.scan_count)
 
     def pages(self) -> Iterator[list[bytes]]:
         """Pages of about ``scan_count`` matching keys; sparse SCAN replies are merged."""
@@ -147,7 +151,7 @@ class _Pass:
         args = [self.settings.max_value_bytes, self.settings.batch_bytes, int(self.settings.cap_ttl)]
         actions: list[tuple[bytes, Action]] = []
         while candidates:
-            rows = self._call(scripts.INSPECT, [key for key, _, _ in candidates], args)
+            rows = self._call(self.pacer, scripts.INSPECT, [key for key, _, _ in candidates], args)
             for (key, kind, ident), (rtype, pttl, value) in zip(candidates, rows, strict=False):
                 decision = decide(kind, ident, _text(rtype), int(pttl), value, now=now, settings=self.settings)
                 if isinstance(decision, Skip):
@@ -155,8 +159,11 @@ class _Pass:
                 elif decision is not None:
                     actions.append((key, decision))
             candidates = candidates[len(rows) :]
-        if actions:
-            self._act(actions)
+        start = 0
+        while start < len(actions):
+            part = actions[start : start + self.act_pacer.size]
+            self._act(part)
+            start += len(part)
 
     def _act(self, actions: list[tuple[bytes, Action]]) -> None:
         if self.report.dry_run:
@@ -166,7 +173,7 @@ class _Pass:
             args: list[Any] = [current.token]
             for _key, action in actions:
                 args += [action.op, action.ms, action.guard]
-            applied = self._call(scripts.ACT, [current.key, *(key for key, _ in actions)], args)
+            applied = self._call(self.act_pacer, scripts.ACT, [current.key, *(key for key, _ in actions)], args)
         for (_key, action), ok in zip(actions, applied, strict=True):
             if not ok:
                 self.report.raced += 1
@@ -178,11 +185,11 @@ class _Pass:
             else:
                 self.report.ttl_applied[action.kind] += 1
 
-    def _call(self, source: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Run a script and let the pacer see how long Redis was busy with it."""
+    def _call(self, pacer: Pacer, source: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a script and let its pacer see how long the call took (an upper bound on Redis's busy time)."""
         started = time.perf_counter()
         result = self.report.tally.run(self.client, source, keys, args)
-        self.pacer.observe(len(keys), time.perf_counter() - started)
+        pacer.observe(len(keys), time.perf_counter() - started)
         return result
 
 
