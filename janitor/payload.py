@@ -27,11 +27,11 @@ READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _STATUS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")
 # libyaml's C composer recurses on the C stack and segfaults on deeply nested
 # input, and the pure-Python loader spends seconds on it before RecursionError.
-# kombu's yaml.safe_dump writes block style with a top-level "status:" line, so
-# only such text is parsed, and only when it cannot nest deeply (few flow
+# kombu's yaml.safe_dump writes block style with a top-level "status:" (task
+# meta) or "result:" (saved group) line, so only such text is parsed, and only when it cannot nest deeply (few flow
 # brackets, no deep indentation or "- - -" runs); anything else is skipped.
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_YAML_STATUS = re.compile(rb"^status:", re.MULTILINE)
+_YAML_TOP = re.compile(rb"^(?:status|result):", re.MULTILINE)
 _DEEP_YAML = re.compile(rb"^[ \t-]{200,}", re.MULTILINE)
 
 
@@ -84,7 +84,7 @@ def decode(raw: bytes, *, max_bytes: int) -> tuple[Any, str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError("unknown_format") from None
-    if not _YAML_STATUS.search(raw):
+    if not _YAML_TOP.search(raw):
         raise PayloadError("unknown_format")
     if raw.count(b"[") + raw.count(b"{") > 500 or _DEEP_YAML.search(raw):
         raise PayloadError("too_complex")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import hypothesis  # noqa: F401 - see below
 import pytest
 import redis
 import structlog
 
 from janitor import config, embedded
 
+# hypothesis is imported here, not first by its pytest plugin at the end of a run:
+# that late import hits CPython 3.11.7's "AST constructor recursion depth mismatch"
+# after the real-Celery tests, failing a run whose tests all passed.
 ENGINES = embedded.available_engines()
 
 
