@@ -36,6 +36,8 @@ DAY = 86400
 # but within failure_ttl (janitor defaults: 1 day, 7 days), past both.
 AGES = (0.0, 2.0 * DAY, 10.0 * DAY)
 READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+# Successes per profile: thousands where production has thousands (json, pickle), a few elsewhere.
+BULK = {"plain": 2000, "pickle": 1000}
 # Profiles whose results have no TTL; "ttl" keeps Celery's own expiry.
 NO_TTL = tuple(p for p, conf in PROFILES.items() if conf.get("result_expires") is None)
 PREFIXES = {"myapp": "myapp_", "other": "other_"}
@@ -163,8 +165,9 @@ def _roles(app: Celery, profile: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Send what every profile runs: successes, failures, a saved group; return ids and pending handles."""
     tasks: dict[str, str] = {}
     handles: dict[str, Any] = {}
-    for i in range(3):
+    for i in range(BULK.get(profile, 3)):
         tasks[f"ok{i}"] = app.send_task("ks.add", (i, i)).id
+    for i in range(3):
         tasks[f"fail{i}"] = app.send_task("ks.fail", (f"kaboom {i}",)).id
     saved = group(app.signature("ks.add", (i, 10)) for i in range(3)).apply_async()
     saved.save()

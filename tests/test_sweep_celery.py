@@ -193,7 +193,7 @@ class TestRealKeyspace:
                 if pttl == -1 and (m := ck.RESULT_KEY.match(k)) and m["prefix"] == b"" and m["sfx"] != b".c"
             ]
 
-        assert len(unbounded(loaded)) > 50
+        assert len(unbounded(loaded)) > 3000
         sweep(client, settings, dry_run=False)
         assert unbounded(ck.snapshot(client)) == []
 
