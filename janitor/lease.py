@@ -34,6 +34,10 @@ NOT_HELD = "not-held"
 # KEYS: lease, epoch. ARGV: random part, ttl ms. Returns the token, or the lease's PTTL.
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('PTTL', KEYS[1]) end
+-- A no-op write first: under maxmemory/noeviction Redis refuses a script's growing
+-- write (INCR, SET) only before its first write, and a janitor must still take the
+-- lease of a Redis that is out of memory, to delete what filled it.
+redis.call('DEL', KEYS[1])
 local token = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token
