@@ -1,7 +1,9 @@
 """The result sweep: one SCAN over Celery's result, group, chord and reply keys.
 
-Per SCAN page: INSPECT (one script call) → :func:`rules.decide` per key →
-ACT (one script call). Memory is one page of keys, whatever the keyspace size.
+Per SCAN page: DECIDE (one script call) reads every key's TTL and decides plain
+JSON task results inside Redis; keys with no TTL it is not certain about go
+through INSPECT (one call) → :func:`rules.decide` per key → ACT (one call). Memory is
+one page of keys, whatever the keyspace size.
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ from janitor import scripts
 from janitor.config import Settings
 from janitor.keyspace import SCAN_MATCH, Kind, Layout
 from janitor.pacing import Pacer
+from janitor.sweeps import rules
 from janitor.sweeps.rules import Action, Skip, decide
 
 FENCE_NONE = b"celery-janitor:no-fence"
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# DECIDE's codes for a key it left to Python -> (type, value) as INSPECT reads them.
+READ: dict[int, Callable[[Any], tuple[bytes | str, bytes | int | None]]] = {
+    3: lambda rtype: (rtype, None),
+    5: lambda size: ("string", size),
+    6: lambda value: ("string", value),
+}
+NAME_ONLY = frozenset({Kind.MALFORMED, Kind.CHORD_CLAIM})  # judged by name alone: skipped, or never touched
 
 
 @dataclass
@@ -143,27 +154,73 @@ class _Pass:
             self.pacer.throttle(len(chunk))
 
     def batch(self, keys: list[bytes]) -> None:
-        """INSPECT the Celery keys of a batch, decide each, ACT on the decisions."""
+        """DECIDE what Redis can; decide the rest in Python from what it read, ACT on those decisions."""
         candidates = [(key, *self.layout.classify(key)) for key in keys]
         candidates = [c for c in candidates if c[1] is not Kind.OTHER]
         self.report.celery_keys += len(candidates)
         now = self.clock()
-        args = [self.settings.max_value_bytes, self.settings.batch_bytes, int(self.settings.cap_ttl)]
         actions: list[tuple[bytes, Action]] = []
+        if not self.settings.cap_ttl:  # DECIDE leaves keys that have a TTL alone; capping is INSPECT's
+            # Task results first (DECIDE's layout); names decide() judges alone need no read.
+            candidates.sort(key=lambda c: c[1] is not Kind.TASK)
+            triaged = [c for c in candidates if c[1] not in NAME_ONLY]
+            for candidate in candidates:
+                if candidate[1] in NAME_ONLY:
+                    self._rule(candidate, "", -1, None, now=now, actions=actions)
+            rows = self._decide([c[0] for c in triaged], sum(c[1] is Kind.TASK for c in triaged), now)
+            candidates = []
+            for candidate, code, read in zip(triaged, rows[::2], rows[1::2], strict=True):
+                if code in READ:
+                    rtype, value = READ[code](read)
+                    self._rule(candidate, rtype, -1, value, now=now, actions=actions)
+                elif code == 4:
+                    candidates.append(candidate)
+        args = [self.settings.max_value_bytes, self.settings.batch_bytes, int(self.settings.cap_ttl)]
         while candidates:
             rows = self._call(self.pacer, scripts.INSPECT, [key for key, _, _ in candidates], args)
-            for (key, kind, ident), (rtype, pttl, value) in zip(candidates, rows, strict=False):
-                decision = decide(kind, ident, _text(rtype), int(pttl), value, now=now, settings=self.settings)
-                if isinstance(decision, Skip):
-                    self.report.skipped[decision.reason] += 1
-                elif decision is not None:
-                    actions.append((key, decision))
+            for candidate, (rtype, pttl, value) in zip(candidates, rows, strict=False):
+                self._rule(candidate, rtype, int(pttl), value, now=now, actions=actions)
             candidates = candidates[len(rows) :]
         start = 0
         while start < len(actions):
             part = actions[start : start + self.act_pacer.size]
             self._act(part)
             start += len(part)
+
+    def _rule(
+        self,
+        candidate: tuple[bytes, Kind, bytes],
+        rtype: bytes | str,
+        pttl: int,
+        value: bytes | int | None,
+        *,
+        now: dt.datetime,
+        actions: list[tuple[bytes, Action]],
+    ) -> None:
+        key, kind, ident = candidate
+        decision = decide(kind, ident, _text(rtype), pttl, value, now=now, settings=self.settings)
+        if isinstance(decision, Skip):
+            self.report.skipped[decision.reason] += 1
+        elif decision is not None:
+            actions.append((key, decision))
+
+    def _decide(self, keys: list[bytes], tasks: int, now: dt.datetime) -> list[Any]:
+        """Let DECIDE act on the task results it is certain about; count what it did, return its reply."""
+        if not keys:
+            return []
+        s = self.settings
+        current = Fence() if self.report.dry_run else self.fence()
+        args = [current.token, int(self.report.dry_run), (now - EPOCH) // rules.MICROSECOND]
+        args += [s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000, s.future_tolerance * 1_000_000]
+        args += [s.max_value_bytes, len(self.layout.task_prefix), tasks, s.batch_bytes]
+        rows: list[Any] = self._call(self.pacer, scripts.DECIDE, [current.key, *keys], args)
+        for code, n in zip(rows[::2], rows[1::2], strict=True):
+            if code == 1:
+                self.report.ttl_applied[Kind.TASK] += 1
+            elif code == 2:
+                self.report.deleted[Kind.TASK] += 1
+                self.report.bytes_deleted += n
+        return rows
 
     def _act(self, actions: list[tuple[bytes, Action]]) -> None:
         if self.report.dry_run:

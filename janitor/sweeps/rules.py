@@ -38,6 +38,8 @@ class Skip:
     reason: str
 
 
+MICROSECOND = dt.timedelta(microseconds=1)
+
 Decision = Action | Skip | None  # None: nothing to do (already has a fitting TTL, vanished, not ours)
 
 
@@ -91,10 +93,11 @@ def _task(ident: bytes, value: bytes, pttl: int, guard: str, *, now: dt.datetime
     if not meta.ready or meta.date_done is None:
         return _ttl(pttl, settings.pending_ttl * 1000, guard, Kind.TASK, len(value))
     ttl = settings.failure_ttl if meta.status == "FAILURE" else settings.result_ttl
-    age = (now - meta.date_done).total_seconds()
-    if age < -settings.future_tolerance:
+    # Whole microseconds, as scripts.TASKS computes them, so both decide alike to the millisecond.
+    age_us = (now - meta.date_done) // MICROSECOND
+    if age_us < -settings.future_tolerance * 1_000_000:
         return Skip("future_date_done")
-    remaining_ms = int((ttl - max(age, 0.0)) * 1000)
+    remaining_ms = (ttl * 1_000_000 - max(age_us, 0)) // 1000
     if remaining_ms <= 0:
         return Action("d" if pttl == -1 else "D", 0, f"S{sha1(value)}", Kind.TASK, len(value))
     return _ttl(pttl, remaining_ms, guard, Kind.TASK, len(value))

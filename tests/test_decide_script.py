@@ -1,0 +1,211 @@
+"""scripts.DECIDE (the retention rules in Lua) against rules.decide (the rules in Python), on real servers.
+
+DECIDE may hand any key back to Python (code 3, with INSPECT's row); when it acts
+itself it must take exactly the decision decide() takes, to the millisecond, and
+on the JSON Celery writes it must act itself, or the sweep is no faster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from janitor import config
+from janitor.keyspace import Kind, Layout
+from janitor.sweeps.results import Fence, SweepReport, _Pass
+from janitor.sweeps.rules import Action, decide
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=dt.UTC)
+STATES = ["SUCCESS", "FAILURE", "REVOKED", "STARTED", "RETRY", "PENDING", "PROGRESS"]
+ODD_STATES = ["success", "", "BAD STATE", "X" * 65, "-A", "A-b_9", "ÉCHEC", 7, None]
+# Spliced into a value where a number goes: some are JSON only to cjson, some only to Python.
+ODD_NUMBERS = [
+    "0x10",
+    "+1",
+    "01",
+    "-01",
+    "1.",
+    "-.5",
+    "1.e5",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "inf",
+    "nan",
+    "1e5",
+    "-0",
+    "1E+2",
+    "1e400",
+    "0.0",
+]
+
+
+def _offsets() -> st.SearchStrategy[dt.tzinfo | None]:
+    return st.one_of(
+        st.none(),
+        st.just(dt.UTC),
+        st.integers(-1439, 1439).map(lambda m: dt.timezone(dt.timedelta(minutes=m))),
+    )
+
+
+@st.composite
+def date_done(draw: st.DrawFn) -> Any:
+    """Celery's isoformat() in every zone and precision, its near misses, and things that are not dates."""
+    when = NOW + dt.timedelta(seconds=draw(st.floats(-40 * 86400, 2 * 86400)))
+    when = when.replace(microsecond=draw(st.sampled_from([0, 1, 999_999, when.microsecond])))
+    zone = draw(_offsets())
+    text = (when.astimezone(zone) if zone else when.replace(tzinfo=None)).isoformat()
+    form = draw(st.sampled_from(["iso", "iso", "iso", "space", "z", "frac", "basic", "junk", "other"]))
+    if form == "space":
+        text = text.replace("T", " ")
+    elif form == "z" and text.endswith("+00:00"):
+        text = text[:-6] + "Z"
+    elif form == "frac":
+        frac = draw(st.text("0123456789", min_size=1, max_size=9))
+        text = text[:19] + "." + frac + text[26:] if "." in text else text[:19] + "." + frac + text[19:]
+    elif form == "basic":
+        text = text.replace("-", "", 2).replace(":", "", 2)
+    elif form == "junk":
+        text = draw(
+            st.sampled_from(
+                [
+                    "2026-02-30T10:00:00",
+                    "2026-01-01T24:00:00",
+                    "2026-13-01T00:00:00",
+                    "0001-01-01T00:00:00+01:00",
+                    "2026-01-01T10:00:00+24:00",
+                    "2024-02-29T00:00:00",
+                    "2025-02-29T00:00:00",
+                    "2026-01-01",
+                    "2026-01-01T10:00:00,5",
+                    "",
+                ]
+            )
+        )
+    elif form == "other":
+        return draw(st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=2), st.text(max_size=12)))
+    return text
+
+
+@st.composite
+def result_value(draw: st.DrawFn, ident: str) -> bytes:
+    """A task meta as kombu's json writes it, or a mutation of one."""
+    status = draw(st.sampled_from(STATES) | st.sampled_from(ODD_STATES))
+    meta: dict[str, Any] = {"status": status, "result": draw(st.one_of(st.integers(), st.none(), st.text(max_size=8)))}
+    meta["traceback"] = None
+    meta["children"] = []
+    meta["date_done"] = draw(date_done())
+    task_id = draw(st.sampled_from(["same", "same", "same", "other", "null", "missing", "int"]))
+    meta["task_id"] = {"same": ident, "other": str(uuid.uuid4()), "null": None, "int": 5}.get(task_id, ident)
+    if task_id == "missing":
+        del meta["task_id"]
+    if draw(st.integers(0, 9)) == 0:
+        del meta[draw(st.sampled_from(["status", "result", "date_done"]))]
+    raw = json.dumps(meta, ensure_ascii=draw(st.booleans()))
+    mutation = draw(
+        st.sampled_from(
+            ["none"] * 6 + ["number", "member", "space", "tail", "nonascii", "nul", "tab", "deep", "array", "str"]
+        )
+    )
+    if mutation == "number":
+        raw = raw.replace('"children": []', f'"children": [1, {draw(st.sampled_from(ODD_NUMBERS))}]')
+    elif mutation == "member":
+        raw = raw.replace('"traceback": null', f'"traceback" :{draw(st.sampled_from(ODD_NUMBERS))}')
+    elif mutation == "space":
+        raw = " \n" + raw
+    elif mutation == "tail":
+        raw += draw(st.sampled_from(["x", " ", "\n", "}", ",", "\x00"]))
+    elif mutation == "nonascii":
+        raw = raw.replace('"traceback"', '"tracébäck"')
+    elif mutation == "tab":
+        raw = raw.replace('"status": "', '"status": "\t', 1)
+    elif mutation == "deep":
+        depth = draw(st.integers(90, 1100))
+        raw = raw.replace('"children": []', '"children": ' + "[" * depth + "]" * depth)
+    elif mutation == "nul":
+        raw = raw[:1] + "\x00" + raw[1:]
+    elif mutation == "array":
+        raw = "[" + raw + "]"
+    elif mutation == "str":
+        raw = json.dumps(raw)
+    return raw.encode()
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[config.Settings, list[tuple[bytes, bytes]]]:
+    prefix = draw(st.sampled_from(["", "myapp"]))
+    ttls = {
+        "JANITOR_RESULT_TTL": str(draw(st.integers(1, 30 * 86400))),
+        "JANITOR_FAILURE_TTL": str(draw(st.integers(1, 30 * 86400))),
+        "JANITOR_PENDING_TTL": str(draw(st.integers(1, 30 * 86400))),
+        "JANITOR_FUTURE_TOLERANCE": str(draw(st.integers(0, 86400))),
+        "JANITOR_KEY_PREFIX": prefix,
+    }
+    settings = config.load({"JANITOR_REDIS_URL": "redis://127.0.0.1:1/0", **ttls})
+    task_prefix = Layout.for_prefixes(prefix).task_prefix
+    items = []
+    for _ in range(draw(st.integers(1, 40))):
+        ident = draw(st.sampled_from([str(uuid.uuid4()), "nightly-report:2026-01-01 (eu)", "a"]))
+        items.append((task_prefix + ident.encode(), draw(result_value(ident))))
+    return settings, list(dict(items).items())
+
+
+def _run(client: redis.Redis, settings: config.Settings, items: list[tuple[bytes, bytes]]) -> list[tuple[int, Any]]:
+    client.flushdb()
+    client.mset(dict(items))
+    run = _Pass(client, settings, SweepReport(dry_run=True), Fence, lambda: NOW)
+    reply = run._decide([key for key, _ in items], len(items), NOW)
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=batches())
+def test_decide_script_agrees_with_the_python_rules(client: redis.Redis, batch: Any) -> None:
+    """Every key DECIDE acts on gets exactly decide()'s action; every key it hands back carries INSPECT's row."""
+    settings, items = batch
+    rows = _run(client, settings, items)
+    layout = Layout.for_prefixes(settings.key_prefix)
+    for (key, value), row in zip(items, rows, strict=True):
+        kind, ident = layout.classify(key)
+        assert kind is Kind.TASK
+        expected = decide(kind, ident, "string", -1, value, now=NOW, settings=settings)
+        if row[0] != 1 and row[0] != 2:
+            assert row == (6, value)  # left to Python, with the value INSPECT would have read
+            continue
+        assert isinstance(expected, Action), (value, row, expected)
+        assert (row[0], row[1]) == ((2, len(value)) if expected.deletes else (1, expected.ms)), (value, expected)
+        assert expected.op in {"x", "d"}
+
+
+@pytest.mark.parametrize(
+    "zone", [None, dt.UTC, dt.timezone(dt.timedelta(hours=-5)), dt.timezone(dt.timedelta(hours=5, minutes=30))]
+)
+def test_decide_script_acts_on_what_celery_writes(client: redis.Redis, settings: config.Settings, zone: Any) -> None:
+    """kombu's json of every state, date_done in each format Celery has written: all decided in Redis."""
+    from celery import Celery
+
+    app = Celery("decide", backend=settings.redis_url, set_as_current=False)
+    items = []
+    for i, state in enumerate(STATES * 3):
+        done = NOW - dt.timedelta(days=i % 10, seconds=i)
+        meta = {
+            "status": state,
+            "result": {"n": i},
+            "traceback": None,
+            "children": [],
+            "date_done": (done.astimezone(zone) if zone else done.replace(tzinfo=None)).isoformat(),
+        }
+        ident = str(uuid.uuid4())
+        meta["task_id"] = ident
+        items.append((f"celery-task-meta-{ident}".encode(), app.backend.encode(meta).encode()))
+    rows = _run(client, settings, items)
+    assert [value for (_key, value), row in zip(items, rows, strict=True) if row[0] not in {1, 2}] == []
+    assert {row[0] for row in rows} == {1, 2}
