@@ -125,6 +125,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         shown = settings.model_dump() | {
             "redis_url": settings.masked_url,
             "redis_url_source": settings.redis_url_source,
+            "sentinel_password": "***" if settings.sentinel_password else "",
         }
         print(json.dumps(shown, indent=2))
         return EXIT_OK
@@ -186,7 +187,7 @@ def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.R
         return EXIT_UNREACHABLE
     source = settings.redis_url_source or "JANITOR_REDIS_URL"
     try:
-        return body(connection.connect(settings.redis_url, socket_timeout=settings.socket_timeout))
+        return body(settings.connect())
     except connection.URLError as exc:
         print(f"celery-janitor: {source}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

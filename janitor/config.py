@@ -7,15 +7,18 @@ from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit
 
+import redis
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.retry import Retry
 
+from janitor import connection
 from janitor.connection import mask_url
 
 # Where the Redis URL may come from, in order. Celery's own variables come last
 # and only count when they name a Redis server.
 URL_SOURCES = ("JANITOR_REDIS_URL", "REDIS_URL", "UPSTASH_REDIS_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_URL")
-_REDIS_SCHEMES = {"redis", "rediss", "unix", "socket"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix", "socket", "sentinel"}
 
 Seconds = Annotated[int, Field(ge=1, le=10 * 365 * 86400)]
 
@@ -31,6 +34,10 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(default="", repr=False)
     redis_url_source: str = Field(default="", exclude=True)
+    # With a sentinel:// URL: the master's name (Celery's master_name transport
+    # option) and the sentinels' own password, when they have one (sentinel_kwargs).
+    sentinel_master: str = ""
+    sentinel_password: str = Field(default="", repr=False)
     key_prefix: str = ""
     broker_key_prefix: str = ""
     result_ttl: Seconds = 86400
@@ -115,6 +122,16 @@ class Settings(BaseSettings):
     def masked_url(self) -> str:
         return mask_url(self.redis_url)
 
+    def connect(self, *, socket_timeout: float | None = None, retry: Retry | None = None) -> redis.Redis:
+        """A client for the configured server (the current master, with Sentinel)."""
+        return connection.connect(
+            self.redis_url,
+            socket_timeout=self.socket_timeout if socket_timeout is None else socket_timeout,
+            sentinel_master=self.sentinel_master,
+            sentinel_password=self.sentinel_password,
+            retry=retry,
+        )
+
 
 def find_redis_url(environ: Mapping[str, str]) -> tuple[str, str]:
     """Return ``(url, variable it came from)``, or ``("", "")`` when none is set."""
@@ -138,6 +155,11 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
     if "JANITOR_METRICS_PORT" not in env and env.get("PORT"):
         values["metrics_port"] = env["PORT"]  # daemon: Railway and Heroku-style hosts inject PORT
     values.update(redis_url=url, redis_url_source=source, **overrides)
+    if urlsplit(url).scheme.lower() == "sentinel" and not values.get("sentinel_master"):
+        raise ConfigError(
+            f"{source} is a sentinel:// URL but JANITOR_SENTINEL_MASTER is not set: set it to the master name "
+            "your sentinels monitor (Celery's master_name transport option)"
+        )
     try:
         # model_validate skips pydantic-settings' own os.environ read: `env` is the one source.
         return Settings.model_validate(values)

@@ -3,7 +3,10 @@
 Accepts what Celery accepts: ``redis://``, ``rediss://`` with ``ssl_cert_reqs``,
 ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (``CERT_REQUIRED`` or
 ``required`` spellings), ``unix://`` / ``socket://`` with ``virtual_host`` or
-``db``. Unlike kombu, a ``rediss://`` URL verifies the server by default.
+``db``, and Sentinel as kombu spells it: ``sentinel://[:password@]h1:26379/0;
+sentinel://h2:26379/0`` with the master's name given apart (Celery's
+``master_name`` transport option, our ``JANITOR_SENTINEL_MASTER``). Unlike
+kombu, a ``rediss://`` URL verifies the server by default.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+import redis.sentinel
 import structlog
+from redis.retry import Retry
 
 _CERT_REQS = {
     "required": ssl.CERT_REQUIRED,
@@ -91,6 +96,24 @@ def client_kwargs(url: str, *, socket_timeout: float) -> dict[str, Any]:
     return kwargs
 
 
+def _sentinel_kwargs(url: str, *, socket_timeout: float) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The sentinels of a ``sentinel://h1;sentinel://h2`` URL, and the master's connection arguments.
+
+    As in kombu, the user and password of the first URL that has one are the master's.
+    """
+    hosts: list[tuple[str, int]] = []
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in url.split(";"))):
+        if not is_sentinel(part):
+            raise URLError(f"{mask_url(part)} in a sentinel URL: every part must be sentinel://host:port")
+        one = client_kwargs("redis" + part[len("sentinel") :], socket_timeout=socket_timeout)
+        hosts.append((one.pop("host"), one.pop("port") if urlsplit(part).port else 26379))
+        kwargs = one if not kwargs or ("password" in one and "password" not in kwargs) else kwargs
+    if not hosts:
+        raise URLError("a sentinel URL with no sentinels: use sentinel://host:26379/0;sentinel://host2:26379/0")
+    return hosts, kwargs
+
+
 def _tls_kwargs(opts: dict[str, str], url: str) -> dict[str, Any]:
     reqs = opts.get("ssl_cert_reqs", "required").lower()
     if reqs not in _CERT_REQS:
@@ -111,9 +134,33 @@ def tls_verifies(url: str) -> bool | None:
     return bool(_tls_kwargs({k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}, url)["ssl_cert_reqs"])
 
 
-def connect(url: str, *, socket_timeout: float = 10.0) -> redis.Redis:
-    """A client for ``url``; nothing is sent until the first command."""
-    kwargs = client_kwargs(url, socket_timeout=socket_timeout)
+def is_sentinel(url: str) -> bool:
+    return urlsplit(url.strip()).scheme.lower() == "sentinel"
+
+
+def connect(
+    url: str,
+    *,
+    socket_timeout: float = 10.0,
+    sentinel_master: str = "",
+    sentinel_password: str = "",
+    retry: Retry | None = None,
+) -> redis.Redis:
+    """A client for ``url``; nothing is sent until the first command.
+
+    With a sentinel URL the client asks the sentinels for the current master on
+    every new connection, so it follows a failover without a restart.
+    """
+    extra: dict[str, Any] = {} if retry is None else {"retry": retry}
+    if is_sentinel(url):
+        hosts, kwargs = _sentinel_kwargs(url, socket_timeout=socket_timeout)
+        own = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout", *_NO_SETINFO)}
+        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            hosts, sentinel_kwargs=own | ({"password": sentinel_password} if sentinel_password else {}), **kwargs
+        )
+        master: redis.Redis = sentinels.master_for(sentinel_master, **extra)  # type: ignore[no-untyped-call]
+        return master
+    kwargs = client_kwargs(url, socket_timeout=socket_timeout) | extra
     if kwargs.get("ssl") and kwargs["ssl_cert_reqs"] != ssl.CERT_REQUIRED:
         structlog.get_logger("janitor.connection").warning(
             "tls.verification_off",

@@ -271,7 +271,7 @@ class Daemon:
                 taken = result_census(self.client, self.settings, tally, should_stop=self.stop_event.is_set)
             finally:
                 self.metrics.add_commands(tally.commands)
-            if not taken.completed:
+            if not taken.completed or not self.lease.held():  # lost mid-way: the new leader counts
                 return {"completed": False}
             result = ResultCensus.of(taken)
             self.metrics.snapshots.update(census=result)
@@ -298,7 +298,8 @@ class Daemon:
             finally:
                 self.metrics.add_commands(tally.commands)
             self._stuck_before = report.stuck_tags
-            self.broker_metrics.observe(report)
+            if self.lease.held():
+                self.broker_metrics.observe(report)
             workers = findings.Workers(self.workers.alive(now), self.workers.listened_for(now))
             self.book.checked_broker(report, workers)
             fields: dict[str, Any] = {
@@ -374,6 +375,9 @@ class Daemon:
             scheduler.run_soon(self.jobs, "results")
         elif change is Change.LOST:
             log.warning("lease.lost", epoch=self.lease.epoch)
+            # The new leader exports the census and broker gauges now; stale copies here would mislead.
+            self.metrics.snapshots.forget_census()
+            self.broker_metrics.reset()
 
     def _lease_ok(self) -> None:
         self._flush_lease_commands()
@@ -406,6 +410,5 @@ def result_census(
 
 def _client(settings: Settings, timeout: float) -> redis.Redis:
     """A client that fails fast: the daemon does its own backing off and logs it once."""
-    kwargs = connection.client_kwargs(settings.redis_url, socket_timeout=timeout)
     # One immediate retry replaces a pooled connection a Redis restart killed.
-    return redis.Redis(**kwargs, retry=Retry(NoBackoff(), 1))
+    return settings.connect(socket_timeout=timeout, retry=Retry(NoBackoff(), 1))

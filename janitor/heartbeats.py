@@ -186,7 +186,9 @@ def _factory(source: ClientSource, settings: Settings) -> Callable[[], redis.Red
     if callable(source):
         return source
     # get_message(timeout=...) polls; the socket timeout only bounds a dead peer.
-    return lambda: connection.connect(source, socket_timeout=max(settings.socket_timeout, 5.0))
+    return lambda: settings.model_copy(update={"redis_url": source}).connect(
+        socket_timeout=max(settings.socket_timeout, 5.0)
+    )
 
 
 def listen(source: ClientSource, settings: Settings, seconds: float) -> WorkerTracker:

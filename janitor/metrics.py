@@ -187,6 +187,10 @@ class Snapshots:
             self.info = info if info is not None else self.info
             self.census = census if census is not None else self.census
 
+    def forget_census(self) -> None:
+        with self._lock:
+            self.census = None
+
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             info, census = self.info, self.census

@@ -74,11 +74,12 @@ class BrokerMetrics:
         )
 
     def observe(self, report: BrokerReport) -> None:
-        # Labelled gauges are cleared first so a queue or task that is gone stops being reported.
-        for gauge in (self.queue_length, self.priority_length, self.queue_oldest, self.stuck):
-            gauge.clear()
+        self.reset()  # a queue or task that is gone stops being reported
         for q in report.queues:
             self.queue_length.labels(queue_name=q.name).set(q.total)
+            # Counters exist at 0 from the first check, so increase() sees the first restore.
+            self.restored.labels(queue=q.name)
+            self.dead_lettered.labels(queue=q.name)
             for priority, length in q.by_priority.items():
                 self.priority_length.labels(queue_name=q.name, priority=str(priority)).set(length)
             if q.oldest_age_s is not None:
@@ -94,6 +95,13 @@ class BrokerMetrics:
         self.leaked_replies.set(report.leaked_reply_lists)
         self.visibility_timeout.set(report.visibility_timeout)
         self.max_eta_delay.set(report.max_eta_delay_s or 0.0)
+
+    def reset(self) -> None:
+        """Forget the last report: a replica that lost the lease must not export its stale view for ever."""
+        for gauge in (self.queue_length, self.priority_length, self.queue_oldest, self.stuck, self.unacked):
+            gauge.clear()
+        for plain in (self.unacked_oldest, self.orphaned, self.workers, self.leaked_replies, self.max_eta_delay):
+            plain.set(0)
 
     def observe_restore(self, report: RestoreReport) -> None:
         if report.dry_run:

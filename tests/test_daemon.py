@@ -72,42 +72,53 @@ class Janitor:
         return self.log_path.read_text()
 
 
+def launch(log_path: Path, **env: str) -> Janitor:
+    """Start one daemon with short intervals, its JSON log in ``log_path``; returns once it serves /livez."""
+    port = embedded.free_port()
+    full = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "REDIS_URL", "PORT"))},
+        "PYTHONPATH": str(ROOT),
+        "JANITOR_METRICS_PORT": str(port),
+        "JANITOR_METRICS_HOST": "127.0.0.1",
+        "JANITOR_LOG_FORMAT": "json",
+        "JANITOR_SWEEP_INTERVAL": "1",
+        "JANITOR_CENSUS_INTERVAL": "1",
+        "JANITOR_INFO_INTERVAL": "0.5",
+        "JANITOR_LEASE_TTL": str(LEASE_TTL),
+        "JANITOR_SOCKET_TIMEOUT": "1",
+        "JANITOR_SHUTDOWN_TIMEOUT": "5",
+        **env,
+    }
+    with log_path.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "janitor", "run"], env=full, stderr=err, cwd=ROOT)
+    janitor = Janitor(proc, port, log_path)
+    try:
+        wait_for(lambda: janitor.get("/livez")[0] == 200, 15, f"daemon on port {port} did not serve /livez")
+    except AssertionError:
+        proc.kill()
+        raise
+    return janitor
+
+
+def stop_all(janitors: list[Janitor]) -> None:
+    for janitor in janitors:
+        if janitor.process.poll() is None:
+            os.kill(janitor.process.pid, signal.SIGCONT)
+            janitor.process.kill()
+            janitor.process.wait(10)
+
+
 @pytest.fixture(name="spawn")
 def _spawn(server: embedded.Server, tmp_path: Path) -> Iterator[Callable[..., Janitor]]:
     """Start daemons on the test server; every one is killed at the end, whatever happened."""
     started: list[Janitor] = []
 
     def spawn(**env: str) -> Janitor:
-        port = embedded.free_port()
-        log_path = tmp_path / f"janitor-{len(started)}.log"
-        full = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "REDIS_URL", "PORT"))},
-            "PYTHONPATH": str(ROOT),
-            "JANITOR_REDIS_URL": server.url,
-            "JANITOR_METRICS_PORT": str(port),
-            "JANITOR_METRICS_HOST": "127.0.0.1",
-            "JANITOR_LOG_FORMAT": "json",
-            "JANITOR_SWEEP_INTERVAL": "1",
-            "JANITOR_CENSUS_INTERVAL": "1",
-            "JANITOR_INFO_INTERVAL": "0.5",
-            "JANITOR_LEASE_TTL": str(LEASE_TTL),
-            "JANITOR_SOCKET_TIMEOUT": "1",
-            "JANITOR_SHUTDOWN_TIMEOUT": "5",
-            **env,
-        }
-        with log_path.open("wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "janitor", "run"], env=full, stderr=err, cwd=ROOT)
-        janitor = Janitor(proc, port, log_path)
-        started.append(janitor)
-        wait_for(lambda: janitor.get("/livez")[0] == 200, 15, f"daemon on port {port} did not serve /livez")
-        return janitor
+        started.append(launch(tmp_path / f"janitor-{len(started)}.log", JANITOR_REDIS_URL=server.url, **env))
+        return started[-1]
 
     yield spawn
-    for janitor in started:
-        if janitor.process.poll() is None:
-            os.kill(janitor.process.pid, signal.SIGCONT)
-            janitor.process.kill()
-            janitor.process.wait(10)
+    stop_all(started)
 
 
 def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
@@ -162,10 +173,13 @@ class TestOneActiveSweeper:
         second = _leaders(followers)[0]
         third = next(j for j in followers if j is not second)
 
+        wait_for(lambda: "janitor_result_keys{" in second.get("/metrics")[1], 10, "the new leader's census")
         second.process.send_signal(signal.SIGSTOP)
         wait_for(lambda: third.sample("janitor_is_leader") == 1, LEASE_TTL + 3, "takeover from a paused leader")
         second.process.send_signal(signal.SIGCONT)
         wait_for(lambda: second.sample("janitor_is_leader") == 0, 5, "the resumed leader steps down")
+        # Its census is stale now: only the leader exports one.
+        wait_for(lambda: "janitor_result_keys{" not in second.get("/metrics")[1], 5, "the ex-leader's census to go")
         time.sleep(LEASE_TTL)
         assert [j.sample("janitor_is_leader") for j in (second, third)] == [0, 1]
         assert second.events("lease.lost") or second.events("sweep.fenced")
