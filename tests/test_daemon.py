@@ -114,7 +114,7 @@ def _spawn(server: embedded.Server, tmp_path: Path) -> Iterator[Callable[..., Ja
     started: list[Janitor] = []
 
     def spawn(**env: str) -> Janitor:
-        started.append(launch(tmp_path / f"janitor-{len(started)}.log", JANITOR_REDIS_URL=server.url, **env))
+        started.append(launch(tmp_path / f"janitor-{len(started)}.log", **({"JANITOR_REDIS_URL": server.url} | env)))
         return started[-1]
 
     yield spawn
