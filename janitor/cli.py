@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 import redis
 import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from janitor import __version__, census, config, connection, demo, embedded, logs
 from janitor.findings import size as findings_size
@@ -187,7 +189,9 @@ def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.R
         return EXIT_UNREACHABLE
     source = settings.redis_url_source or "JANITOR_REDIS_URL"
     try:
-        return body(settings.connect())
+        # One immediate retry (a dropped pooled connection), not redis-py's backoff: an
+        # unreachable server is reported in seconds, not after ten.
+        return body(settings.connect(retry=Retry(NoBackoff(), 1)))
     except connection.URLError as exc:
         print(f"celery-janitor: {source}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
