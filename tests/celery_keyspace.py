@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from celery import Celery, chord, group
 
 from janitor import embedded
 from tests.celery_app import PROFILES, make_app, queue_of
+from tests.test_broker import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SEP = "\x06\x16"
@@ -61,16 +62,6 @@ FOREIGN: dict[bytes, tuple[str, Any, int]] = {
 
 
 # -- workers ---------------------------------------------------------------------
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def sigkill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the worker's whole process group: nothing is acked or restored on the way out."""
     if proc.poll() is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -10,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from janitor import embedded
+from tests import test_daemon
 from tests.test_daemon import Janitor, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,22 +17,8 @@ DEPLOY = ROOT / "deploy"
 
 
 def daemon_env(server: embedded.Server, port: int, **extra: str) -> dict[str, str]:
-    """The environment of a daemon on ``server``: short intervals, JSON logs, loopback metrics port."""
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "REDIS_URL", "PORT", "PYTHON"))},
-        "JANITOR_REDIS_URL": server.url,
-        "JANITOR_METRICS_PORT": str(port),
-        "JANITOR_METRICS_HOST": "127.0.0.1",
-        "JANITOR_LOG_FORMAT": "json",
-        "JANITOR_SWEEP_INTERVAL": "1",
-        "JANITOR_CENSUS_INTERVAL": "1",
-        "JANITOR_INFO_INTERVAL": "0.5",
-        "JANITOR_BROKER_INTERVAL": "0.5",
-        "JANITOR_LEASE_TTL": "2",
-        "JANITOR_SOCKET_TIMEOUT": "1",
-        "JANITOR_SHUTDOWN_TIMEOUT": "5",
-        **extra,
-    }
+    """The test daemons' environment on ``server``, broker checks every half second."""
+    return test_daemon.daemon_env(port, **({"JANITOR_REDIS_URL": server.url, "JANITOR_BROKER_INTERVAL": "0.5"} | extra))
 
 
 @contextmanager

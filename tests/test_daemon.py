@@ -72,12 +72,11 @@ class Janitor:
         return self.log_path.read_text()
 
 
-def launch(log_path: Path, **env: str) -> Janitor:
-    """Start one daemon with short intervals, its JSON log in ``log_path``; returns once it serves /livez."""
-    port = embedded.free_port()
-    full = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "REDIS_URL", "PORT"))},
-        "PYTHONPATH": str(ROOT),
+def daemon_env(port: int, **env: str) -> dict[str, str]:
+    """A daemon's environment: short intervals, JSON logs, metrics on loopback ``port``; nothing inherited
+    that would pick its server or its Python path."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("JANITOR_", "REDIS_URL", "PORT", "PYTHON"))},
         "JANITOR_METRICS_PORT": str(port),
         "JANITOR_METRICS_HOST": "127.0.0.1",
         "JANITOR_LOG_FORMAT": "json",
@@ -89,6 +88,12 @@ def launch(log_path: Path, **env: str) -> Janitor:
         "JANITOR_SHUTDOWN_TIMEOUT": "5",
         **env,
     }
+
+
+def launch(log_path: Path, **env: str) -> Janitor:
+    """Start one daemon of this checkout, its JSON log in ``log_path``; returns once it serves /livez."""
+    port = embedded.free_port()
+    full = daemon_env(port, PYTHONPATH=str(ROOT), **env)
     with log_path.open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "janitor", "run"], env=full, stderr=err, cwd=ROOT)
     janitor = Janitor(proc, port, log_path)
