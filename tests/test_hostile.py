@@ -14,6 +14,7 @@ import pickle
 import random
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,6 +207,11 @@ class TestHostileKeyspaces:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _report_count() -> object:
-    yield None
-    print(f"\nhostile keyspaces: {GENERATED['keys']:,} generated keys swept")
+def _report_count(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print how many generated keys this run tried, in the run's own output (CI's log)."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capman is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(f"\nhostile keyspaces: {GENERATED['keys']:,} generated keys swept")
