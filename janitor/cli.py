@@ -133,6 +133,13 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         return EXIT_OK
     if args.verb == "demo":
         return _demo(settings, args.results)
+    if settings.redis_cluster and args.verb in {"run", "restore"}:
+        print(
+            f"celery-janitor: {args.verb} does not support Redis Cluster yet (JANITOR_REDIS_CLUSTER=true); "
+            "run `celery-janitor sweep` from cron instead",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if args.verb == "run":
         from janitor import daemon  # noqa: PLC0415 - the daemon's imports are only paid by `run`
 
@@ -179,6 +186,10 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
     return _against_redis(settings, "restore", body)
 
 
+# Failures to reach a Redis at all: the URL's host, port, password or TLS, not the command.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.InvalidResponse, OSError)
+
+
 def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.Redis], int]) -> int:
     """Run a one-shot verb; any failure to reach or use Redis becomes one actionable line and an exit code."""
     if not settings.redis_url:
@@ -195,7 +206,7 @@ def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.R
     except connection.URLError as exc:
         print(f"celery-janitor: {source}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, OSError) as exc:
+    except UNREACHABLE as exc:
         print(f"celery-janitor: {source} {settings.masked_url}: {connection.describe_error(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except redis.ResponseError as exc:
@@ -232,8 +243,14 @@ def _sweep_progress(client: redis.Redis) -> Progress:
 
 def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
     def body(client: redis.Redis) -> int:
-        with _sweep_progress(client) as bar:
-            report = sweep(client, settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
+        if settings.redis_cluster:  # `client` is left unused: the cluster's primaries are found and swept one by one
+            from janitor import cluster  # noqa: PLC0415 - only cluster users pay for it
+
+            with Progress(None, label="sweeping every cluster primary: Celery keys") as bar:
+                report = cluster.sweep_cluster(settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
+        else:
+            with _sweep_progress(client) as bar:
+                report = sweep(client, settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
         structlog.get_logger("janitor.sweep").info("sweep.finished", url=settings.masked_url, **report.as_dict())
         if as_json:
             print(json.dumps(report.as_dict()))

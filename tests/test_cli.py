@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import redis
@@ -51,6 +53,17 @@ class TestSweepCommand:
         assert proc.returncode == cli.EXIT_UNREACHABLE
         assert "REDIS_URL" in proc.stderr
         assert "cannot reach Redis" in proc.stderr
+        assert "Sup3rS3cret" not in proc.stderr + proc.stdout
+
+    def test_a_port_that_is_not_redis_is_one_line(self) -> None:
+        """A URL pointing at an HTTP server (a wrong port, a proxy): exit 2, one line, no traceback."""
+        with http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as httpd:
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            proc = _run("sweep", env={"REDIS_URL": f"redis://:Sup3rS3cret@127.0.0.1:{httpd.server_address[1]}/0"})
+            httpd.shutdown()
+        assert proc.returncode == cli.EXIT_UNREACHABLE, proc.stderr
+        assert "does not speak the Redis protocol" in proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
         assert "Sup3rS3cret" not in proc.stderr + proc.stdout
 
     def test_wrong_password_is_named(self, tmp_path: object) -> None:
