@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+HEADROOM = 0.6
+
 
 @dataclass
 class Pacer:
@@ -31,11 +33,13 @@ class Pacer:
     def observe(self, keys: int, seconds: float) -> None:
         """Adjust the batch size after a call that handled ``keys`` keys in ``seconds``."""
         ms = seconds * 1000
+        # Per-key cost is roughly linear in a batch but varies from page to page (deletes,
+        # value sizes), so aim well below the guard: a batch projected at 60% of it.
+        fits = int(keys * self.max_batch_ms * HEADROOM / ms) if ms > 0 else self.ceiling
         if ms > self.max_batch_ms:
-            # Aim below the guard: per-key cost is roughly linear in a batch.
-            self.size = max(self.floor, min(self.size, int(keys * self.max_batch_ms / ms * 0.8)))
-        elif ms < self.max_batch_ms / 2 and keys >= self.size:
-            self.size = min(self.ceiling, int(self.size * 1.5) + 1)
+            self.size = max(self.floor, min(self.size, fits))
+        elif keys >= self.size and fits > self.size:
+            self.size = min(self.ceiling, int(self.size * 1.5) + 1, fits)
 
     def throttle(self, keys: int) -> None:
         """Sleep as long as needed to stay under ``max_keys_per_second``."""

@@ -20,6 +20,14 @@ class TestBatchGuard:
             pacer.observe(pacer.size, 0.0005)
         assert pacer.size == 300
 
+    def test_growth_stops_with_headroom_under_the_guard(self) -> None:
+        """A batch grows only while its projected time stays at 60% of the guard: page-to-page
+        variation in per-key cost must not push the next call over."""
+        pacer = Pacer(max_batch_ms=5, ceiling=1000, size=500)
+        for _ in range(10):
+            pacer.observe(pacer.size, pacer.size * 0.005 / 1000)  # 5 us per key
+        assert pacer.size == 600  # 600 keys x 5 us = 3 ms = 0.6 x 5 ms
+
     def test_short_batches_do_not_grow_it(self) -> None:
         """A fast call on a partial batch (end of a page) says nothing about a full one."""
         pacer = Pacer(max_batch_ms=5, ceiling=1000, size=100)
