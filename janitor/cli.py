@@ -270,6 +270,7 @@ _SKIP_REASONS = {
     "id_mismatch": "task_id inside differs from the key",
     "future_date_done": "date_done in the future",
     "unknown_format": "not a format Celery writes",
+    "moved": "cluster slot moved meanwhile (next pass)",
 }
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from janitor import scripts
 from janitor.config import Settings
@@ -33,6 +34,9 @@ READ: dict[int, Callable[[Any], tuple[bytes | str, bytes | int | None]]] = {
     6: lambda value: ("string", value),
 }
 NAME_ONLY = frozenset({Kind.MALFORMED, Kind.CHORD_CLAIM})  # judged by name alone: skipped, or never touched
+# Cluster mode: a script call refused because its slot is moving or has moved to
+# another node. The batch is skipped (never acted on stale routing) and counted.
+RESHARDING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)  # MovedError is an AskError
 
 
 @dataclass
@@ -52,13 +56,14 @@ class SweepReport:
     duration_s: float = 0.0
     completed: bool = False
     tally: scripts.Tally = field(default_factory=scripts.Tally)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # cluster: one summary per primary
 
     @property
     def commands(self) -> int:
         return sum(self.tally.commands.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "dry_run": self.dry_run,
             "completed": self.completed,
             "scanned": self.scanned,
@@ -74,6 +79,9 @@ class SweepReport:
             "commands": dict(self.tally.commands),
             "commands_total": self.commands,
         }
+        if self.nodes:
+            out["nodes"] = self.nodes
+        return out
 
 
 @dataclass(frozen=True)
@@ -93,10 +101,15 @@ def sweep(
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[SweepReport], None] = lambda _r: None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    cluster: bool = False,
 ) -> SweepReport:
-    """Run one pass; stops between batches (never inside one) when ``should_stop()``."""
+    """Run one pass; stops between batches (never inside one) when ``should_stop()``.
+
+    ``cluster``: ``client`` is one Redis Cluster primary; every script call then
+    holds keys of one hash slot only (see :meth:`_Pass.batch`).
+    """
     report = SweepReport(dry_run=settings.dry_run if dry_run is None else dry_run)
-    run = _Pass(client, settings, report, fence, clock)
+    run = _Pass(client, settings, report, fence, clock, cluster)
     started = time.monotonic()
     for page in run.pages():
         report.scanned += len(page)
@@ -121,6 +134,7 @@ class _Pass:
     report: SweepReport
     fence: Callable[[], Fence]
     clock: Callable[[], dt.datetime]
+    cluster: bool = False
     layout: Layout = field(init=False)
     pacer: Pacer = field(init=False)
     act_pacer: Pacer = field(init=False)
@@ -154,6 +168,24 @@ class _Pass:
             self.pacer.throttle(len(chunk))
 
     def batch(self, keys: list[bytes]) -> None:
+        """One batch; on a cluster, one group per hash slot, each skipped whole if its slot moved meanwhile."""
+        if not self.cluster:
+            self._batch(keys)
+            return
+        slots: dict[int, list[bytes]] = {}
+        for key in keys:
+            slots.setdefault(key_slot(key), []).append(key)
+        for group in slots.values():
+            try:
+                self._batch(group)
+            except RESHARDING:
+                # MOVED/ASK/TRYAGAIN: the slot is elsewhere or migrating. Redis refuses a
+                # script before running any of it, so the refused call wrote nothing; the
+                # group's keys get handled on the next pass, on their new node. (Should an
+                # ACT be refused after its DECIDE ran, DECIDE's work is counted as well.)
+                self.report.skipped["moved"] += sum(self.layout.classify(k)[0] is not Kind.OTHER for k in group)
+
+    def _batch(self, keys: list[bytes]) -> None:
         """DECIDE what Redis can; decide the rest in Python from what it read, ACT on those decisions."""
         candidates = [(key, *self.layout.classify(key)) for key in keys]
         candidates = [c for c in candidates if c[1] is not Kind.OTHER]
@@ -213,7 +245,7 @@ class _Pass:
         args = [current.token, int(self.report.dry_run), (now - EPOCH) // rules.MICROSECOND]
         args += [s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000, s.future_tolerance * 1_000_000]
         args += [s.max_value_bytes, len(self.layout.task_prefix), tasks, s.batch_bytes]
-        rows: list[Any] = self._call(self.pacer, scripts.DECIDE, [current.key, *keys], args)
+        rows: list[Any] = self._call(self.pacer, scripts.DECIDE, [self._fence_key(current, keys), *keys], args)
         for code, n in zip(rows[::2], rows[1::2], strict=True):
             if code == 1:
                 self.report.ttl_applied[Kind.TASK] += 1
@@ -230,7 +262,8 @@ class _Pass:
             args: list[Any] = [current.token]
             for _key, action in actions:
                 args += [action.op, action.ms, action.guard]
-            applied = self._call(self.act_pacer, scripts.ACT, [current.key, *(key for key, _ in actions)], args)
+            keys = [key for key, _ in actions]
+            applied = self._call(self.act_pacer, scripts.ACT, [self._fence_key(current, keys), *keys], args)
         for (_key, action), ok in zip(actions, applied, strict=True):
             if not ok:
                 self.report.raced += 1
@@ -241,6 +274,15 @@ class _Pass:
                 self.report.ttl_capped[action.kind] += 1
             else:
                 self.report.ttl_applied[action.kind] += 1
+
+    def _fence_key(self, fence: Fence, keys: list[bytes]) -> bytes:
+        """KEYS[1] of DECIDE and ACT. On a cluster every key of a call must share a slot:
+        with no token the fence key is never read, so a batch key stands in for it."""
+        if not self.cluster or key_slot(fence.key) == key_slot(keys[0]):
+            return fence.key
+        if fence.token:
+            raise ValueError("a fenced sweep on Redis Cluster needs its lease key in the batch's hash slot")
+        return keys[0]
 
     def _call(self, pacer: Pacer, source: str, keys: list[bytes], args: list[Any]) -> Any:
         """Run a script and let its pacer see how long the call took (an upper bound on Redis's busy time)."""
