@@ -57,39 +57,6 @@ def bucket(seconds: float, buckets: tuple[tuple[str, float], ...]) -> str:
 
 
 @dataclass
-class ReadOnlyTally(scripts.Tally):
-    """A tally whose scripts run as EVALSHA_RO (Redis 7+, Valkey): the server rejects writes in them.
-
-    Falls back to EVALSHA, once, on a server that does not know the command;
-    the scripts it runs only read either way.
-    """
-
-    read_only: bool | None = None  # None until the server has answered
-
-    def run(self, client: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
-        if self.read_only is False:
-            return super().run(client, source, keys, args)
-        digest = scripts.sha1(source.encode())
-        try:
-            return self._ro(client, digest, keys, args)
-        except redis.exceptions.NoScriptError:
-            self.commands["SCRIPT LOAD"] += 1
-            client.script_load(source)
-            return self._ro(client, digest, keys, args)
-        except redis.ResponseError as exc:
-            if "unknown command" not in str(exc).lower():
-                raise
-            self.read_only = False
-            return super().run(client, source, keys, args)
-
-    def _ro(self, client: redis.Redis, digest: str, keys: list[bytes], args: list[Any]) -> Any:
-        self.commands["EVALSHA_RO"] += 1
-        result = client.evalsha_ro(digest, len(keys), *keys, *args)
-        self.read_only = True
-        return result
-
-
-@dataclass
 class Census:
     """Key counts by category (kind, or ``task:<status>``) and TTL, with sampled sizes and result ages."""
 

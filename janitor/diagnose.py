@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from janitor import __version__, census, connection, findings
+from janitor import __version__, census, connection, findings, scripts
 from janitor.config import Settings
 from janitor.findings import Finding, MemoryInfo, Workers
 from janitor.progress import Progress
@@ -108,7 +108,7 @@ def collect(
     conn = _connection(client, settings, info)
     memory = MemoryInfo.from_info(info)
     tracker = _start_listening(settings, listen_s)
-    tally = census.ReadOnlyTally()
+    tally = scripts.ReadOnlyTally()
     try:
         dbsize = int(client.dbsize())
         with Progress(dbsize, label="census", enabled=progress) as bar:
@@ -215,7 +215,7 @@ def _broker(client: redis.Redis, settings: Settings, now: float, tracker: Any) -
     except ImportError:
         return None, "broker checks unavailable: this build has no janitor.sweeps.broker"
     try:
-        return broker.detect(client, settings, now=now, workers=tracker, tally=census.ReadOnlyTally()), ""
+        return broker.detect(client, settings, now=now, workers=tracker, tally=scripts.ReadOnlyTally()), ""
     except redis.ResponseError as exc:  # e.g. NOPERM for a restricted ACL user
         return None, f"broker checks unavailable: Redis refused them ({connection.describe_error(exc)})"
 

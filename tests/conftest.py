@@ -11,11 +11,29 @@ import redis
 import structlog
 
 from janitor import config, embedded
+from tests import acl_audit
 
 # hypothesis is imported here, not first by its pytest plugin at the end of a run:
 # that late import hits CPython 3.11.7's "AST constructor recursion depth mismatch"
 # after the real-Celery tests, failing a run whose tests all passed.
 ENGINES = embedded.available_engines()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _acl_audit(request: pytest.FixtureRequest) -> Iterator[None]:
+    """At the end of the run: was every command the janitor sent within docs/acl.md's grant?"""
+    recorder = acl_audit.Recorder()
+    recorder.install()
+    yield
+    recorder.uninstall()
+    denied, summary = recorder.check()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capman is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(f"\n{summary}")
+    if denied:
+        pytest.fail("commands outside docs/acl.md's janitor grant:\n" + "\n".join(denied))
 
 
 @pytest.fixture(autouse=True)

@@ -21,20 +21,15 @@ import pytest
 import redis
 
 from janitor import demo, embedded
+from tests import acl_audit
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "acl.md"
-PASSWORD = "acl-test-Pa55"
-
-
-def _acl_lines() -> dict[str, list[str]]:
-    lines = re.findall(r"^ACL SETUSER (\S+) (.+)$", DOC.read_text(), re.MULTILINE)
-    return {user: rules.replace("<password>", PASSWORD).split() for user, rules in lines}
+PASSWORD = acl_audit.PASSWORD
 
 
 @pytest.fixture(name="acl_client")
 def _acl_client(client: redis.Redis) -> redis.Redis:
     """The documented users exist on the test server and the ACL log is empty."""
-    for user, rules in _acl_lines().items():
+    for user, rules in acl_audit.acl_lines().items():
         client.acl_deluser(user)
         client.execute_command("ACL", "SETUSER", user, *rules)
     client.execute_command("ACL", "LOG", "RESET")
@@ -51,6 +46,11 @@ def _run(*args: str, url: str, extra: dict[str, str] | None = None) -> subproces
     return subprocess.run(
         [sys.executable, "-m", "janitor", *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def _restored(scrape: str) -> float:
+    found = re.search(r'^janitor_restored_total\{queue="celery"\} (\S+)$', scrape, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def _denials(client: redis.Redis) -> list[str]:
@@ -115,10 +115,10 @@ class TestDocumentedAcl:
                     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
                 except OSError:
                     text = ""
-                if 'janitor_restored_total{queue="celery"}' in text and "janitor_result_keys{" in text:
+                if _restored(text) > 0 and "janitor_result_keys{" in text:
                     break
                 time.sleep(0.3)
-            assert 'janitor_restored_total{queue="celery"}' in text
+            assert _restored(text) > 0, "no restore ran as the janitor user"
             assert "janitor_redis_up 1.0" in text
         finally:
             proc.send_signal(signal.SIGTERM)

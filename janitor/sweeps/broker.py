@@ -350,7 +350,11 @@ def detect(
     """One read-only pass over the unacked set, the queues and the reply bindings."""
     started = time.monotonic()
     keys = BrokerKeys.of(settings)
-    report = BrokerReport(now=now, visibility_timeout=settings.visibility_timeout, tally=tally or scripts.Tally())
+    # Every script here only reads: EVALSHA_RO lets a least-privilege user run them on
+    # queues it may read but not write (docs/acl.md), and Redis refuses any write in them.
+    counts = (tally or scripts.Tally()).commands
+    reader = tally if isinstance(tally, scripts.ReadOnlyTally) else scripts.ReadOnlyTally(commands=counts)
+    report = BrokerReport(now=now, visibility_timeout=settings.visibility_timeout, tally=reader)
     layout = Layout.for_prefixes(settings.key_prefix, settings.broker_key_prefix)
     alive = workers.alive(now) if workers is not None else None
     judge_started = workers is not None and workers.knows_the_dead(now)
