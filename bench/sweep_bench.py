@@ -548,7 +548,8 @@ class Keyspaces:
 
     def __init__(self, server: embedded.Server, now: dt.datetime, log: Callable[[str], None]) -> None:
         self.server, self.now, self.log = server, now, log
-        self.client = server.client()
+        # SAVE and DEBUG RELOAD of millions of keys outlast any ordinary socket timeout.
+        self.client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=None)
         self.saved: dict[int, Path] = {}
         self.written: dict[int, dict[str, int]] = {}
 

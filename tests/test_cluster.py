@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,17 +375,7 @@ class TestFailover:
         rc.sync_replicas()
         before = rc.snapshot()
         victim = next(p for p in rc.primaries() if p != rc.ports[0])
-        real_run = scripts.Tally.run
-        calls: dict[int, int] = {}
-
-        def run(self: scripts.Tally, node: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
-            port = node.connection_pool.connection_kwargs["port"]
-            calls[port] = calls.get(port, 0) + 1
-            if port == victim and calls[port] == 5:
-                rc.kill(victim)
-            return real_run(self, node, source, keys, args)
-
-        monkeypatch.setattr(scripts.Tally, "run", run)
+        _before_fifth_call(monkeypatch, victim, lambda: rc.kill(victim))
         first = cluster.sweep_cluster(_settings(rc))
         monkeypatch.undo()
         assert not first.completed
@@ -412,21 +402,15 @@ class TestFailover:
         before = rc.snapshot()
         victim = rc.primaries()[1]
         replica = next(p for p in rc.alive() if rc.node(p).info("replication").get("master_port") == victim)
-        real_run = scripts.Tally.run
-        calls: dict[int, int] = {}
 
-        def run(self: scripts.Tally, node: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
-            port = node.connection_pool.connection_kwargs["port"]
-            calls[port] = calls.get(port, 0) + 1
-            if port == victim and calls[port] == 5:
-                rc.node(replica).execute_command("CLUSTER", "FAILOVER")
-                deadline = time.monotonic() + 10
-                while rc.node(victim).info("replication")["role"] != "slave":
-                    assert time.monotonic() < deadline, "failover did not happen"
-                    time.sleep(0.05)
-            return real_run(self, node, source, keys, args)
+        def fail_over() -> None:
+            rc.node(replica).execute_command("CLUSTER", "FAILOVER")
+            deadline = time.monotonic() + 10
+            while rc.node(victim).info("replication")["role"] != "slave":
+                assert time.monotonic() < deadline, "failover did not happen"
+                time.sleep(0.05)
 
-        monkeypatch.setattr(scripts.Tally, "run", run)
+        _before_fifth_call(monkeypatch, victim, fail_over)
         first = cluster.sweep_cluster(_settings(rc))
         monkeypatch.undo()
         old_primary = first.nodes[f"127.0.0.1:{victim}"]
@@ -465,3 +449,18 @@ class TestFenceKey:
         run = self._pass(cluster_mode=True)
         with pytest.raises(ValueError, match="hash slot"):
             run._fence_key(Fence(b"{other}lease", "tok"), [b"{x}a"])
+
+
+def _before_fifth_call(monkeypatch: pytest.MonkeyPatch, port: int, fault: Callable[[], None]) -> None:
+    """Inject ``fault`` just before the sweep's fifth script call to the node on ``port``: mid-pass."""
+    real_run = scripts.Tally.run
+    calls = [0]
+
+    def run(self: scripts.Tally, node: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
+        if node.connection_pool.connection_kwargs["port"] == port:
+            calls[0] += 1
+            if calls[0] == 5:
+                fault()
+        return real_run(self, node, source, keys, args)
+
+    monkeypatch.setattr(scripts.Tally, "run", run)
