@@ -327,6 +327,11 @@ class Daemon:
             self.metrics.add_commands({"INFO": 1})
         self.metrics.snapshots.update(info=info)
         self.book.read_info(info)
+        if info.get("role", "master") != "master":
+            # A replica answers reads and refuses every write. Saying so here keeps the state
+            # from flapping up/down between this read and the lease's READONLY refusal.
+            self.health.failed(redis.ReadOnlyError("You can't write against a read only replica (INFO role)"))
+            return
         self.health.ok()
 
     def _timed(self, name: str, body: Callable[[], dict[str, Any]]) -> None:

@@ -504,6 +504,7 @@ def test_replica_then_promoted(stack: contextlib.ExitStack, spawn: Callable[...,
     down = janitor.events("redis.down")
     assert "read only replica" in down[0]["detail"]  # READONLY
     assert down[0]["error"] == "response"
+    assert janitor.events("redis.up") == [], "the state flapped: INFO answers, writes do not"
     assert janitor.sample("janitor_is_leader") == 0
     assert janitor.get("/readyz")[0] == 503
     assert errors(janitor, "response") >= 1
