@@ -1,9 +1,10 @@
 """The result sweep: one SCAN over Celery's result, group, chord and reply keys.
 
-Per SCAN page: DECIDE (one script call) reads every key's TTL and decides plain
-JSON task results inside Redis; keys with no TTL it is not certain about go
-through INSPECT (one call) → :func:`rules.decide` per key → ACT (one call). Memory is
-one page of keys, whatever the keyspace size.
+Per batch: DECIDE (one script call) reads every key's TTL and decides plain
+JSON task results inside Redis; for the other keys with no TTL it returns what it
+read, :func:`rules.decide` judges them here and ACT (one call) applies that.
+INSPECT reads only what DECIDE's reply budget left out, and every key in cap
+mode. Memory is one page of keys, whatever the keyspace size.
 """
 
 from __future__ import annotations
@@ -193,12 +194,10 @@ class _Pass:
         now = self.clock()
         actions: list[tuple[bytes, Action]] = []
         if not self.settings.cap_ttl:  # DECIDE leaves keys that have a TTL alone; capping is INSPECT's
-            # Task results first (DECIDE's layout); names decide() judges alone need no read.
-            candidates.sort(key=lambda c: c[1] is not Kind.TASK)
-            triaged = [c for c in candidates if c[1] not in NAME_ONLY]
-            for candidate in candidates:
-                if candidate[1] in NAME_ONLY:
-                    self._rule(candidate, "", -1, None, now=now, actions=actions)
+            # Names decide() judges alone need no read; task results go first (DECIDE's layout).
+            for candidate in (c for c in candidates if c[1] in NAME_ONLY):
+                self._rule(candidate, "", -1, None, now=now, actions=actions)
+            triaged = sorted((c for c in candidates if c[1] not in NAME_ONLY), key=lambda c: c[1] is not Kind.TASK)
             rows = self._decide([c[0] for c in triaged], sum(c[1] is Kind.TASK for c in triaged), now)
             candidates = []
             for candidate, code, read in zip(triaged, rows[::2], rows[1::2], strict=True):
