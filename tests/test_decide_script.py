@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from janitor import config
+from janitor import config, scripts
 from janitor.keyspace import Kind, Layout
 from janitor.sweeps.results import Fence, SweepReport, _Pass
 from janitor.sweeps.rules import Action, decide
@@ -63,7 +63,7 @@ def date_done(draw: st.DrawFn) -> Any:
     when = when.replace(microsecond=draw(st.sampled_from([0, 1, 999_999, when.microsecond])))
     zone = draw(_offsets())
     text = (when.astimezone(zone) if zone else when.replace(tzinfo=None)).isoformat()
-    form = draw(st.sampled_from(["iso", "iso", "iso", "space", "z", "frac", "basic", "junk", "other"]))
+    form = draw(st.sampled_from(["iso", "iso", "iso", "space", "z", "frac", "dot", "basic", "junk", "other"]))
     if form == "space":
         text = text.replace("T", " ")
     elif form == "z" and text.endswith("+00:00"):
@@ -71,6 +71,8 @@ def date_done(draw: st.DrawFn) -> Any:
     elif form == "frac":
         frac = draw(st.text("0123456789", min_size=1, max_size=9))
         text = text[:19] + "." + frac + text[26:] if "." in text else text[:19] + "." + frac + text[19:]
+    elif form == "dot":  # a bare dot, or digits with no dot, after the seconds
+        text = text[:19] + draw(st.sampled_from([".", "5", "123456"])) + text[19:]
     elif form == "basic":
         text = text.replace("-", "", 2).replace(":", "", 2)
     elif form == "junk":
@@ -158,12 +160,38 @@ def batches(draw: st.DrawFn) -> tuple[config.Settings, list[tuple[bytes, bytes]]
     return settings, list(dict(items).items())
 
 
+def _rows(reply: list[Any]) -> dict[bytes, tuple[int, Any]]:
+    return {key: (code, detail) for key, code, detail in zip(reply[6::3], reply[7::3], reply[8::3], strict=True)}
+
+
 def _run(client: redis.Redis, settings: config.Settings, items: list[tuple[bytes, bytes]]) -> list[tuple[int, Any]]:
+    """DECIDE's dry run over the batch by name, and again SCANning for it: both must say the same, key by key."""
     client.flushdb()
     client.mset(dict(items))
+    replies: list[Any] = []
     run = _Pass(client, settings, SweepReport(dry_run=True), Fence, lambda: NOW)
-    reply = run._decide([key for key, _ in items], len(items), NOW)
-    return list(zip(reply[::2], reply[1::2], strict=True))
+    call = run._call
+
+    def record(pacer: Any, size: int, source: str, keys: list[bytes], args: list[Any]) -> Any:
+        reply = call(pacer, size, source, keys, args)
+        if source == scripts.DECIDE:
+            replies.append(reply)
+        return reply
+
+    run._call = record  # type: ignore[method-assign]
+    run._decide(keys=[key for key, _ in items])
+    by_name = _rows(replies[0])
+    replies.clear()
+    cursor = b"0"
+    while True:
+        cursor, _ = run._decide(cursor)
+        if cursor == b"0":
+            break
+    scanned: dict[bytes, tuple[int, Any]] = {}
+    for reply in replies:
+        scanned.update(_rows(reply))
+    assert scanned == by_name
+    return [by_name[key] for key, _ in items]
 
 
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

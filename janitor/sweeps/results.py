@@ -1,10 +1,11 @@
 """The result sweep: one SCAN over Celery's result, group, chord and reply keys.
 
-Per batch: DECIDE (one script call) reads every key's TTL and decides plain
-JSON task results inside Redis; for the other keys with no TTL it returns what it
-read, :func:`rules.decide` judges them here and ACT (one call) applies that.
-INSPECT reads only what DECIDE's reply budget left out, and every key in cap
-mode. Memory is one page of keys, whatever the keyspace size.
+Per batch, one DECIDE call SCANs a page inside Redis, reads every key's TTL and
+decides plain JSON task results there; it hands back the keys it is not certain
+about, with what it read. :func:`rules.decide` judges those here, INSPECT reads
+what DECIDE could not, and ACT (one call) applies the decisions. On a cluster and
+in cap mode the SCAN runs here and the keys go to DECIDE (or INSPECT) by name.
+Memory is one page of keys, whatever the keyspace size.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,15 +113,12 @@ def sweep(
     report = SweepReport(dry_run=settings.dry_run if dry_run is None else dry_run)
     run = _Pass(client, settings, report, fence, clock, cluster)
     started = time.monotonic()
-    for page in run.pages():
-        report.scanned += len(page)
-        for chunk in run.chunks(page):
-            run.batch(chunk)
-            report.batches += 1
-            on_batch(report)
-            if should_stop():
-                report.duration_s = time.monotonic() - started
-                return report
+    for _ in run.batches():
+        report.batches += 1
+        on_batch(report)
+        if should_stop():
+            report.duration_s = time.monotonic() - started
+            return report
     report.completed = True
     report.duration_s = time.monotonic() - started
     return report
@@ -138,14 +136,34 @@ class _Pass:
     cluster: bool = False
     layout: Layout = field(init=False)
     pacer: Pacer = field(init=False)
+    inspect_pacer: Pacer = field(init=False)
     act_pacer: Pacer = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
         self.layout = Layout.for_prefixes(s.key_prefix, s.broker_key_prefix)
-        # INSPECT and ACT cost differently per key, so each is sized on its own timings.
+        # DECIDE, INSPECT and ACT cost differently per key, so each is sized on its own timings.
         self.pacer = Pacer(s.max_batch_ms, s.scan_count, s.max_keys_per_second)
+        self.inspect_pacer = Pacer(s.max_batch_ms, s.scan_count)
         self.act_pacer = Pacer(s.max_batch_ms, s.scan_count)
+
+    def batches(self) -> Iterator[None]:
+        """Yield after each batch. DECIDE SCANs inside Redis, one page per call; a cluster
+        (a call's keys must share a slot) and cap mode (INSPECT reads every key) SCAN here."""
+        if self.cluster or self.settings.cap_ttl:
+            for page in self.pages():
+                self.report.scanned += len(page)
+                for chunk in self.chunks(page):
+                    self.batch(chunk)
+                    yield
+            return
+        cursor = b"0"
+        while True:
+            cursor, scanned = self._decide(cursor)
+            yield
+            if cursor == b"0":
+                return
+            self.pacer.throttle(scanned)  # after the stop check, as in chunks(): a pause here meets the fence
 
     def pages(self) -> Iterator[list[bytes]]:
         """Pages of about ``scan_count`` matching keys; sparse SCAN replies are merged."""
@@ -187,36 +205,74 @@ class _Pass:
                 self.report.skipped["moved"] += sum(self.layout.classify(k)[0] is not Kind.OTHER for k in group)
 
     def _batch(self, keys: list[bytes]) -> None:
-        """DECIDE what Redis can; decide the rest in Python from what it read, ACT on those decisions."""
-        candidates = [(key, *self.layout.classify(key)) for key in keys]
-        candidates = [c for c in candidates if c[1] is not Kind.OTHER]
-        self.report.celery_keys += len(candidates)
-        now = self.clock()
+        if self.settings.cap_ttl:  # DECIDE leaves keys that have a TTL alone; capping reads them all
+            candidates = [(key, *self.layout.classify(key)) for key in keys]
+            candidates = [c for c in candidates if c[1] is not Kind.OTHER]
+            self.report.celery_keys += len(candidates)
+            actions: list[tuple[bytes, Action]] = []
+            self._inspect(candidates, self.clock(), actions)
+            self._act_all(actions)
+        else:
+            self._decide(keys=keys)
+
+    def _decide(self, cursor: bytes = b"", keys: Sequence[bytes] = ()) -> tuple[bytes, int]:
+        """One DECIDE call: over the next SCAN page when ``cursor`` is given, else over ``keys``.
+        Decides in Python what DECIDE handed back, INSPECTs what it could not read, ACTs on both.
+        Returns the next cursor and how many keys the page held."""
+        s, now = self.settings, self.clock()
+        size = self.pacer.size if cursor else len(keys)
+        current = Fence() if self.report.dry_run else self.fence()
+        args = [cursor, size, SCAN_MATCH, size, current.token, int(self.report.dry_run)]
+        args += [(now - EPOCH) // rules.MICROSECOND, s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000]
+        args += [s.future_tolerance * 1_000_000, s.max_value_bytes, self.layout.task_prefix, self.layout.group_prefix]
+        args += [s.batch_bytes]
+        fence_key = self._fence_key(current, keys) if keys else current.key
+        reply = self._call(self.pacer, size, scripts.DECIDE, [fence_key, *keys], args)
+        after, scanned, celery, ttl_set, deleted, freed = reply[:6]
+        self.report.celery_keys += celery
+        self.report.bytes_deleted += freed
+        self.report.ttl_applied.update({Kind.TASK: ttl_set} if ttl_set else {})
+        self.report.deleted.update({Kind.TASK: deleted} if deleted else {})
+        if cursor:
+            self.report.scanned += scanned
         actions: list[tuple[bytes, Action]] = []
-        if not self.settings.cap_ttl:  # DECIDE leaves keys that have a TTL alone; capping is INSPECT's
-            # Names decide() judges alone need no read; task results go first (DECIDE's layout).
-            for candidate in (c for c in candidates if c[1] in NAME_ONLY):
-                self._rule(candidate, "", -1, None, now=now, actions=actions)
-            triaged = sorted((c for c in candidates if c[1] not in NAME_ONLY), key=lambda c: c[1] is not Kind.TASK)
-            rows = self._decide([c[0] for c in triaged], sum(c[1] is Kind.TASK for c in triaged), now)
-            candidates = []
-            for candidate, code, read in zip(triaged, rows[::2], rows[1::2], strict=True):
-                if code in READ:
-                    rtype, value = READ[code](read)
-                    self._rule(candidate, rtype, -1, value, now=now, actions=actions)
-                elif code == 4:
-                    candidates.append(candidate)
+        unread: list[tuple[bytes, Kind, bytes]] = []
+        over: list[bytes] = []
+        for key, code, detail in zip(reply[6::3], reply[7::3], reply[8::3], strict=True):
+            candidate = (key, *self.layout.classify(key))
+            if code == 7:  # a name DECIDE is unsure of: judged here, read only if it has no TTL
+                if candidate[1] is Kind.OTHER:
+                    continue
+                self.report.celery_keys += 1
+                if candidate[1] in NAME_ONLY:
+                    self._rule(candidate, "", detail, None, now=now, actions=actions)
+                elif detail == -1:
+                    unread.append(candidate)
+            elif code in READ:
+                rtype, value = READ[code](detail)
+                self._rule(candidate, rtype, -1, value, now=now, actions=actions)
+            elif code == 4:
+                unread.append(candidate)
+            elif code == 8:
+                over.append(key)
+        self._inspect(unread, now, actions)
+        self._act_all(actions)
+        for start in range(0, len(over), self.pacer.size):
+            self._decide(keys=over[start : start + self.pacer.size])
+        return after, scanned
+
+    def _inspect(
+        self, candidates: list[tuple[bytes, Kind, bytes]], now: dt.datetime, actions: list[tuple[bytes, Action]]
+    ) -> None:
+        """Read type, TTL and value (INSPECT), decide each key in Python."""
         args = [self.settings.max_value_bytes, self.settings.batch_bytes, int(self.settings.cap_ttl)]
-        while candidates:
-            rows = self._call(self.pacer, scripts.INSPECT, [key for key, _, _ in candidates], args)
-            for candidate, (rtype, pttl, value) in zip(candidates, rows, strict=False):
-                self._rule(candidate, rtype, int(pttl), value, now=now, actions=actions)
-            candidates = candidates[len(rows) :]
         start = 0
-        while start < len(actions):
-            part = actions[start : start + self.act_pacer.size]
-            self._act(part)
-            start += len(part)
+        while start < len(candidates):
+            part = candidates[start : start + self.inspect_pacer.size]
+            rows = self._call(self.inspect_pacer, len(part), scripts.INSPECT, [key for key, _, _ in part], args)
+            for candidate, (rtype, pttl, value) in zip(part, rows, strict=False):
+                self._rule(candidate, rtype, int(pttl), value, now=now, actions=actions)
+            start += len(rows)
 
     def _rule(
         self,
@@ -235,23 +291,12 @@ class _Pass:
         elif decision is not None:
             actions.append((key, decision))
 
-    def _decide(self, keys: list[bytes], tasks: int, now: dt.datetime) -> list[Any]:
-        """Let DECIDE act on the task results it is certain about; count what it did, return its reply."""
-        if not keys:
-            return []
-        s = self.settings
-        current = Fence() if self.report.dry_run else self.fence()
-        args = [current.token, int(self.report.dry_run), (now - EPOCH) // rules.MICROSECOND]
-        args += [s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000, s.future_tolerance * 1_000_000]
-        args += [s.max_value_bytes, len(self.layout.task_prefix), tasks, s.batch_bytes]
-        rows: list[Any] = self._call(self.pacer, scripts.DECIDE, [self._fence_key(current, keys), *keys], args)
-        for code, n in zip(rows[::2], rows[1::2], strict=True):
-            if code == 1:
-                self.report.ttl_applied[Kind.TASK] += 1
-            elif code == 2:
-                self.report.deleted[Kind.TASK] += 1
-                self.report.bytes_deleted += n
-        return rows
+    def _act_all(self, actions: list[tuple[bytes, Action]]) -> None:
+        start = 0
+        while start < len(actions):
+            part = actions[start : start + self.act_pacer.size]
+            self._act(part)
+            start += len(part)
 
     def _act(self, actions: list[tuple[bytes, Action]]) -> None:
         if self.report.dry_run:
@@ -262,7 +307,7 @@ class _Pass:
             for _key, action in actions:
                 args += [action.op, action.ms, action.guard]
             keys = [key for key, _ in actions]
-            applied = self._call(self.act_pacer, scripts.ACT, [self._fence_key(current, keys), *keys], args)
+            applied = self._call(self.act_pacer, len(keys), scripts.ACT, [self._fence_key(current, keys), *keys], args)
         for (_key, action), ok in zip(actions, applied, strict=True):
             if not ok:
                 self.report.raced += 1
@@ -274,7 +319,7 @@ class _Pass:
             else:
                 self.report.ttl_applied[action.kind] += 1
 
-    def _fence_key(self, fence: Fence, keys: list[bytes]) -> bytes:
+    def _fence_key(self, fence: Fence, keys: Sequence[bytes]) -> bytes:
         """KEYS[1] of DECIDE and ACT. On a cluster every key of a call must share a slot:
         with no token the fence key is never read, so a batch key stands in for it."""
         if not self.cluster or key_slot(fence.key) == key_slot(keys[0]):
@@ -283,11 +328,12 @@ class _Pass:
             raise ValueError("a fenced sweep on Redis Cluster needs its lease key in the batch's hash slot")
         return keys[0]
 
-    def _call(self, pacer: Pacer, source: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Run a script and let its pacer see how long the call took (an upper bound on Redis's busy time)."""
+    def _call(self, pacer: Pacer, size: int, source: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a script over ``size`` keys and let its pacer see how long the call took
+        (an upper bound on Redis's busy time)."""
         started = time.perf_counter()
         result = self.report.tally.run(self.client, source, keys, args)
-        pacer.observe(len(keys), time.perf_counter() - started)
+        pacer.observe(size, time.perf_counter() - started)
         return result
 
 
