@@ -502,6 +502,8 @@ def measure(
     server = {k: v for k, v in calls.items() if v > 0}
     slow = client.slowlog_get(10_000)
     slow_us = [int(e["duration"]) for e in slow if _slow_cmd(e) not in HARNESS]
+    over = [e for e in slow if _slow_cmd(e) not in HARNESS and int(e["duration"]) > slow_guard_us]
+    work.notes["over_guard"] = [(round(int(e["duration"]) / 1000, 2), _slow_args(e)) for e in over[:20]]
     client_cmds = sum(work.commands.values())
     xchk = all(server.get(cmd.lower().replace(" ", "|"), 0) == n for cmd, n in work.commands.items())
     scanned = max(work.scanned, 1)
@@ -534,6 +536,13 @@ def measure(
         server_commands=server,
         notes=work.notes,
     )
+
+
+def _slow_args(entry: dict[str, Any]) -> str:
+    """A slow command without its script digest and key names: EVALSHA's cursor and COUNT show the batch."""
+    command = entry.get("command", b"")
+    words = (command.decode(errors="replace") if isinstance(command, bytes) else str(command)).split(" ")
+    return " ".join(w if len(w) < 24 else "…" for w in words[:6])
 
 
 def _slow_cmd(entry: dict[str, Any]) -> str:
@@ -668,9 +677,14 @@ def ratios(rows: list[Row]) -> dict[str, Any]:
         checks["first_pass_cpu <= 1.2x ceiling B"] = first.cpu_s_per_1m <= 1.2 * base.cpu_s_per_1m
     if "second_pass_cpu_fraction" in out:
         checks["second_pass_cpu <= 0.3x first"] = out["second_pass_cpu_fraction"] <= 0.3
+    bare = by.get("scan")
     for r in (first, second):
         if r:
             checks[f"{r.name} commands/key <= 0.01"] = r.cmds_per_key <= 0.01
+            checks[f"{r.name} no command over the guard"] = r.slow_over_guard == 0
+            if bare:
+                checks[f"{r.name} added p99 <= 2 ms (vs bare SCAN)"] = r.probe_p99_ms - bare.probe_p99_ms <= 2.0
+            checks[f"{r.name} RSS < 100 MB"] = r.rss_peak_mb < 100
     pipe = by.get("pipeline")
     if first and pipe:
         out["pipeline_vs_janitor1"] = {
@@ -729,6 +743,8 @@ def table(doc: dict[str, Any]) -> str:
                 f"{r['name']}: {n['batches']} batches, {r['scanned'] / n['batches']:.0f} keys per batch "
                 f"(scan_count {doc['settings']['scan_count']}), skipped {n['skipped']}, raced {n['raced']}"
             )
+            for ms, command in n.get("over_guard", []):
+                lines.append(f"  over the guard: {ms} ms  {command}")
     for name, ok in rat["checks"].items():
         lines.append(f"check {name}: {'PASS' if ok else 'FAIL'}")
     return "\n".join(lines)

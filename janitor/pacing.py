@@ -12,7 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-HEADROOM = 0.6
+# The time a batch aims at, as a share of max_batch_ms. Per-key cost varies from page to
+# page, and Redis now and then stalls inside a call (growing its expires dict as TTLs are
+# added: a rehash of millions of buckets), so a batch aims well below the guard. And a
+# client waiting behind a batch waits about that long: at 5 ms, 1.5 ms per call.
+HEADROOM = 0.3
+# Projected this far over the target, the next batch shrinks to fit it.
+OVERSHOOT = 1.5
 
 
 @dataclass
@@ -30,13 +36,15 @@ class Pacer:
     def __post_init__(self) -> None:
         self.size = max(self.floor, min(self.size, self.ceiling))
 
+    @property
+    def target_ms(self) -> float:
+        return self.max_batch_ms * HEADROOM
+
     def observe(self, keys: int, seconds: float) -> None:
         """Adjust the batch size after a call that handled ``keys`` keys in ``seconds``."""
         ms = seconds * 1000
-        # Per-key cost is roughly linear in a batch but varies from page to page (deletes,
-        # value sizes), so aim well below the guard: a batch projected at 60% of it.
-        fits = int(keys * self.max_batch_ms * HEADROOM / ms) if ms > 0 else self.ceiling
-        if ms > self.max_batch_ms:
+        fits = int(keys * self.target_ms / ms) if ms > 0 else self.ceiling
+        if ms > self.target_ms * OVERSHOOT:
             self.size = max(self.floor, min(self.size, fits))
         elif keys >= self.size and fits > self.size:
             self.size = min(self.ceiling, int(self.size * 1.5) + 1, fits)

@@ -10,8 +10,15 @@ class TestBatchGuard:
         """A call that blocked Redis past max_batch_ms makes the next batch small enough to fit."""
         pacer = Pacer(max_batch_ms=5, ceiling=1000, size=1000)
         pacer.observe(1000, 0.020)
-        assert pacer.size <= 250
+        assert pacer.size == int(1000 * pacer.target_ms / 20)
         assert pacer.size >= pacer.floor
+
+    def test_shrinks_back_to_the_target_under_the_guard(self) -> None:
+        """Calls well over the target but under the guard shrink the batch too: a client waiting
+        behind each call should wait about the target, not anything up to the guard."""
+        pacer = Pacer(max_batch_ms=5, ceiling=1000, size=1000)
+        pacer.observe(1000, 4 / 1000)  # 4 us per key: 4 ms, under the 5 ms guard
+        assert pacer.size * 4 / 1000 <= pacer.target_ms
 
     def test_grows_back_when_redis_is_idle(self) -> None:
         """Fast calls grow the batch again, never past the ceiling (SCAN COUNT)."""
@@ -20,13 +27,13 @@ class TestBatchGuard:
             pacer.observe(pacer.size, 0.0005)
         assert pacer.size == 300
 
-    def test_growth_stops_with_headroom_under_the_guard(self) -> None:
-        """A batch grows only while its projected time stays at 60% of the guard: page-to-page
-        variation in per-key cost must not push the next call over."""
-        pacer = Pacer(max_batch_ms=5, ceiling=1000, size=500)
-        for _ in range(10):
+    def test_growth_stops_at_the_target(self) -> None:
+        """A batch grows only while its projected time stays at the target, well under the guard."""
+        pacer = Pacer(max_batch_ms=5, ceiling=1000, size=100)
+        for _ in range(20):
             pacer.observe(pacer.size, pacer.size * 0.005 / 1000)  # 5 us per key
-        assert pacer.size == 600  # 600 keys x 5 us = 3 ms = 0.6 x 5 ms
+        assert pacer.size == int(pacer.target_ms / 0.005)  # 1.5 ms at 5 us per key: 300 keys
+        assert pacer.target_ms < pacer.max_batch_ms / 2
 
     def test_short_batches_do_not_grow_it(self) -> None:
         """A fast call on a partial batch (end of a page) says nothing about a full one."""
