@@ -11,6 +11,7 @@ key Celery rewrote in between is left alone.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,11 +191,25 @@ local function certain(v)
 end
 -- The retention rule for a certain task result: 1, ms or 2, bytes; nil if unsure.
 local ready = {SUCCESS = true, FAILURE = true, REVOKED = true}
-local function rule(id, v)
+-- An id no Celery name check could refuse (janitor.keyspace._plausible_id): a uuid-like one.
+local function plain(k, at)
+  return #k - at < 255 and find(k, '^%w[%w%-%.]*$', at) and not find(k, 'celery-task', at, true)
+end
+local function rule(k, at, v)
   local ok, m = pcall(json.decode, v)
   if not ok or type(m) ~= 'table' then return nil end
-  local st, tid = m.status, m.task_id
+  local st, tid, id = m.status, m.task_id, sub(k, at)
   if m.result == nil or not (tid == nil or tid == cjson.null or tid == id) then return nil end
+  -- The value names the key's id. With no escape in it, the id is bytes of a certain
+  -- (printable ASCII) value, so only the other name checks are left: cheaper than plain().
+  if tid == id and not find(v, '\\', 1, true) then
+    if #id == 0 or #id > 255 or find(id, '*', 1, true) or find(id, '?', 1, true) or find(id, '[', 1, true)
+        or find(id, ']', 1, true) or find(id, 'celery-task', 1, true) then
+      return nil
+    end
+  elseif not plain(k, at) then
+    return nil
+  end
   if not ready[st] then
     if type(st) ~= 'string' or #st > 64 or not find(st, '^[A-Za-z][A-Za-z0-9_%-]*$') then return nil end
     return 1, pending
@@ -229,12 +244,9 @@ for i = first, #keys do
   elseif not at then
     hand(k, 7, redis.call('PTTL', k))
   else
-    -- An id no Celery name check could refuse (janitor.keyspace._plausible_id).
-    local plain = #k - at < 255 and find(k, '^%w[%w%-%.]*$', at)
-      and not find(k, 'celery-task', at, true)
     local pttl = redis.call('PTTL', k)
     if pttl ~= -1 then
-      if plain then celery = celery + 1 else hand(k, 7, pttl) end
+      if plain(k, at) then celery = celery + 1 else hand(k, 7, pttl) end
     else
       celery = celery + 1
       local v = redis.pcall('GETRANGE', k, '0', maxs)
@@ -243,8 +255,8 @@ for i = first, #keys do
         code, x = 3, redis.call('TYPE', k)['ok']
       elseif #v > maxv then
         code, x = 5, redis.call('STRLEN', k)
-      elseif task and plain and certain(v) then
-        code, x = rule(sub(k, at), v)
+      elseif task and certain(v) then
+        code, x = rule(k, at, v)
       end
       if code == 1 or code == 2 then
         if dry then
@@ -275,6 +287,12 @@ def sha1(value: bytes) -> str:
     return hashlib.sha1(value, usedforsecurity=False).hexdigest()
 
 
+@functools.cache
+def digest(source: str) -> str:
+    """A script's SHA-1, as EVALSHA names it; worked out once per script, not once per call."""
+    return sha1(source.encode())
+
+
 @dataclass
 class Tally:
     """Counts every command sent to Redis, by name (Upstash bills each one)."""
@@ -288,15 +306,15 @@ class Tally:
 
     def run(self, client: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
         """EVALSHA, loading the script once on NOSCRIPT (after a restart or SCRIPT FLUSH)."""
-        digest = sha1(source.encode())
+        sha = digest(source)
         self.commands["EVALSHA"] += 1
         try:
-            return client.evalsha(digest, len(keys), *keys, *args)
+            return client.evalsha(sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             self.commands["SCRIPT LOAD"] += 1
             client.script_load(source)
             self.commands["EVALSHA"] += 1
-            return client.evalsha(digest, len(keys), *keys, *args)
+            return client.evalsha(sha, len(keys), *keys, *args)
 
 
 @dataclass
@@ -312,13 +330,13 @@ class ReadOnlyTally(Tally):
     def run(self, client: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
         if self.read_only is False:
             return super().run(client, source, keys, args)
-        digest = sha1(source.encode())
+        sha = digest(source)
         try:
-            return self._ro(client, digest, keys, args)
+            return self._ro(client, sha, keys, args)
         except redis.exceptions.NoScriptError:
             self.commands["SCRIPT LOAD"] += 1
             client.script_load(source)
-            return self._ro(client, digest, keys, args)
+            return self._ro(client, sha, keys, args)
         except redis.ResponseError as exc:
             if "unknown command" not in str(exc).lower():
                 raise
