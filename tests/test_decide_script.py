@@ -50,7 +50,8 @@ ODD_NUMBERS = [
 
 # Ids Celery's name check refuses (glob characters, a doubled prefix, empty, too long) or
 # that only escapes can spell in the value: DECIDE must leave every one of them to Python.
-ODD_IDS = ["a*b", "job?", "x[1]", "y]", "", "celery-task-meta-" + str(uuid.uuid4()), "z" * 256, "tab\there", "back\\slash", "é"]
+ODD_IDS = ["a*b", "job?", "x[1]", "y]", "", "celery-task-meta-" + str(uuid.uuid4()), "z" * 256]
+ODD_IDS += ["tab\there", "back\\slash", "é"]
 
 
 def _offsets() -> st.SearchStrategy[dt.tzinfo | None]:
