@@ -11,6 +11,8 @@ Rows:
   scan        ceiling A: bare SCAN MATCH '*celery*' COUNT 1000, nothing else
   lua         ceiling B: one hand-written Lua call per SCAN page (SCAN inside the
               script, cjson.decode, date_done parsed in Lua, PEXPIRE/UNLINK)
+  lua_paced   ceiling B with its COUNT sized by the janitor's pacer: the latency guard's
+              price alone (not a target; the targets are against ceiling B)
   janitor1    janitor.sweeps.results.sweep, default settings, dirty keyspace
   janitor2    the same again on the now-clean keyspace
   pipeline    same decisions (rules.decide) with one non-transactional pipeline per
@@ -65,14 +67,16 @@ from bench import bulkgen
 from janitor import config, embedded, scripts
 from janitor.config import Settings
 from janitor.keyspace import SCAN_MATCH, TASK_PREFIX, Kind, Layout
+from janitor.pacing import Pacer
 from janitor.sweeps import results
 from janitor.sweeps.rules import Action, decide
 
-ROWS = ("scan", "lua", "janitor1", "janitor2", "pipeline", "naive_keys", "naive_scan")
+ROWS = ("scan", "lua", "lua_paced", "janitor1", "janitor2", "pipeline", "naive_keys", "naive_scan")
 NAIVE = ("naive_keys", "naive_scan")
 LABELS = {
     "scan": "A  bare SCAN (ceiling A)",
     "lua": "B  Lua per page (ceiling B)",
+    "lua_paced": "B' ceiling B, janitor pacing",
     "janitor1": "janitor 1st pass (dirty)",
     "janitor2": "janitor 2nd pass (clean)",
     "pipeline": "pipeline per page (alt)",
@@ -313,11 +317,14 @@ def row_scan(client: redis.Redis, settings: Settings, now: dt.datetime) -> Work:
             return work
 
 
-def row_lua(client: redis.Redis, settings: Settings, now: dt.datetime) -> Work:
+def row_lua(client: redis.Redis, settings: Settings, now: dt.datetime, *, paced: bool = False) -> Work:
+    """Ceiling B: SCAN COUNT 1000 per call; ``paced``, COUNT sized by the janitor's own pacer
+    (janitor.pacing) so each call aims at the same time as the janitor's: the price of the
+    latency guard alone, with none of the janitor's certainty checks."""
     work = Work()
-    digest = scripts.sha1(CEILING_B.encode())
+    digest = scripts.digest(CEILING_B)
+    pacer = Pacer(settings.max_batch_ms, settings.scan_count)
     args: list[int | str] = [
-        1000,
         f"{now.timestamp() * 1000:.3f}",
         settings.result_ttl * 1000,
         settings.failure_ttl * 1000,
@@ -327,7 +334,10 @@ def row_lua(client: redis.Redis, settings: Settings, now: dt.datetime) -> Work:
     ]
     cursor: bytes | int = 0
     while True:
-        cursor, scanned, deleted, expired = client.evalsha(digest, 0, cursor, *args)
+        count = pacer.size if paced else 1000
+        started = time.perf_counter()
+        cursor, scanned, deleted, expired = client.evalsha(digest, 0, cursor, count, *args)
+        pacer.observe(count, time.perf_counter() - started)
         work.commands["EVALSHA"] += 1
         work.scanned += int(scanned)
         work.deleted += int(deleted)
@@ -457,6 +467,7 @@ def row_naive_scan(client: redis.Redis, settings: Settings, now: dt.datetime) ->
 RUNNERS: dict[str, Callable[[redis.Redis, Settings, dt.datetime], Work]] = {
     "scan": row_scan,
     "lua": row_lua,
+    "lua_paced": lambda client, settings, now: row_lua(client, settings, now, paced=True),
     "janitor1": row_janitor,
     "janitor2": row_janitor,
     "pipeline": row_pipeline,

@@ -1,11 +1,12 @@
 """Server-side batch scripts, and the command tally every Redis call goes through.
 
-``DECIDE`` reads every key's TTL, decides and acts on plain JSON task results
-inside Redis, one call per batch, and hands back the keys with no TTL it is not
-certain about (and groups, chords and replies with no TTL). Those take two more
-calls: ``INSPECT`` reads type, TTL and value, :func:`janitor.sweeps.rules.decide` decides in Python, and ``ACT``
-applies the decisions, re-checking each key inside the same atomic call so a
-key Celery rewrote in between is left alone.
+``DECIDE`` SCANs a page (or takes a batch by name), reads every key's TTL, decides
+and acts on plain JSON task results inside Redis, one call per batch, and hands
+back the Celery keys with no TTL it is not certain about, with what it read.
+:func:`janitor.sweeps.rules.decide` decides those in Python; ``INSPECT`` reads
+type, TTL and value of what DECIDE could not read (and of every key in cap mode),
+and ``ACT`` applies the decisions, re-checking each key inside the same atomic
+call so a key Celery rewrote in between is left alone.
 """
 
 from __future__ import annotations

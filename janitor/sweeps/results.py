@@ -35,6 +35,7 @@ READ: dict[int, Callable[[Any], tuple[bytes | str, bytes | int | None]]] = {
     5: lambda size: ("string", size),
     6: lambda value: ("string", value),
 }
+DECIDED = frozenset({1, 2})  # DECIDE's codes for a TTL set and a delete
 NAME_ONLY = frozenset({Kind.MALFORMED, Kind.CHORD_CLAIM})  # judged by name alone: skipped, or never touched
 # Cluster mode: a script call refused because its slot is moving or has moved to
 # another node. The batch is skipped (never acted on stale routing) and counted.
@@ -239,6 +240,8 @@ class _Pass:
         unread: list[tuple[bytes, Kind, bytes]] = []
         over: list[bytes] = []
         for key, code, detail in zip(reply[6::3], reply[7::3], reply[8::3], strict=True):
+            if code in DECIDED:  # a dry run's list of what DECIDE would do: already counted
+                continue
             candidate = (key, *self.layout.classify(key))
             if code == 7:  # a name DECIDE is unsure of: judged here, read only if it has no TTL
                 if candidate[1] is Kind.OTHER:
