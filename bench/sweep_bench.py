@@ -566,8 +566,10 @@ class Keyspaces:
     """Each keyspace is written once and saved to an RDB file; every row starts
     from FLUSHALL + DEBUG RELOAD of that file, the first one included."""
 
-    def __init__(self, server: embedded.Server, now: dt.datetime, log: Callable[[str], None]) -> None:
-        self.server, self.now, self.log = server, now, log
+    def __init__(
+        self, server: embedded.Server, now: dt.datetime, log: Callable[[str], None], other_ratio: float
+    ) -> None:
+        self.server, self.now, self.log, self.other_ratio = server, now, log, other_ratio
         # SAVE and DEBUG RELOAD of millions of keys outlast any ordinary socket timeout.
         self.client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=None)
         self.saved: dict[int, Path] = {}
@@ -578,7 +580,7 @@ class Keyspaces:
         if results_n not in self.saved:
             self.client.flushall()
             t0 = time.perf_counter()
-            stats = bulkgen.write(self.server.port, bulkgen.Spec(results_n), self.now)
+            stats = bulkgen.write(self.server.port, bulkgen.Spec(results_n, other_ratio=self.other_ratio), self.now)
             self.written[results_n] = dict(stats)
             gen = time.perf_counter() - t0
             self.client.save()
@@ -617,7 +619,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             f"{server.engine} {version.get('valkey_version') or version.get('redis_version')} on port {server.port}; "
             f"{args.keys:,} result keys; loadavg {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
         )
-        spaces = Keyspaces(server, now, log)
+        spaces = Keyspaces(server, now, log, args.other_ratio)
         measured: list[Row] = []
         for name in rows:
             size = min(args.keys, args.naive_keys) if name in NAIVE else args.keys
@@ -645,6 +647,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             "engine": server.engine,
             "server_version": version.get("valkey_version") or version.get("redis_version"),
             "result_keys": args.keys,
+            "other_keys": int(args.keys * args.other_ratio),
             "naive_keys": min(args.keys, args.naive_keys),
             "written": {str(k): v for k, v in spaces.written.items()},
             "now": now.isoformat(),
@@ -710,7 +713,7 @@ def ratios(rows: list[Row]) -> dict[str, Any]:
 def table(doc: dict[str, Any]) -> str:
     lines = [
         f"celery-janitor sweep bench: {doc['engine']} {doc['server_version']}, {doc['result_keys']:,} result keys "
-        f"(+{doc['result_keys'] // 5:,} non-Celery), {doc['cpus']} CPUs, total {doc['total_s']} s",
+        f"(+{doc['other_keys']:,} non-Celery), {doc['cpus']} CPUs, total {doc['total_s']} s",
         "loadavg start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(
             *doc["loadavg_start"], *doc["loadavg_end"]
         ),
@@ -764,6 +767,9 @@ def table(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=1_000_000, help="Celery result keys (default 1000000; +20%% other)")
+    parser.add_argument(
+        "--other-ratio", type=float, default=0.2, help="non-Celery keys per result key (default 0.2; 20 = sparse)"
+    )
     parser.add_argument("--engine", choices=embedded.ENGINES, default="redis")
     parser.add_argument("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)}")
     parser.add_argument(

@@ -178,11 +178,11 @@ def _run(client: redis.Redis, settings: config.Settings, items: list[tuple[bytes
     run = _Pass(client, settings, SweepReport(dry_run=True), Fence, lambda: NOW)
     call = run._call
 
-    def record(pacer: Any, size: int, source: str, keys: list[bytes], args: list[Any]) -> Any:
-        reply = call(pacer, size, source, keys, args)
+    def record(source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
+        reply, seconds = call(source, keys, args)
         if source == scripts.DECIDE:
             replies.append(reply)
-        return reply
+        return reply, seconds
 
     run._call = record  # type: ignore[method-assign]
     run._decide(keys=[key for key, _ in items])

@@ -35,6 +35,7 @@ READ: dict[int, Callable[[Any], tuple[bytes | str, bytes | int | None]]] = {
     5: lambda size: ("string", size),
     6: lambda value: ("string", value),
 }
+SPARSE = 100  # DECIDE's SCAN COUNT goes up to this many times scan_count, paced by time
 DECIDED = frozenset({1, 2})  # DECIDE's codes for a TTL set and a delete
 NAME_ONLY = frozenset({Kind.MALFORMED, Kind.CHORD_CLAIM})  # judged by name alone: skipped, or never touched
 # Cluster mode: a script call refused because its slot is moving or has moved to
@@ -136,6 +137,7 @@ class _Pass:
     clock: Callable[[], dt.datetime]
     cluster: bool = False
     layout: Layout = field(init=False)
+    scan_pacer: Pacer = field(init=False)
     pacer: Pacer = field(init=False)
     inspect_pacer: Pacer = field(init=False)
     act_pacer: Pacer = field(init=False)
@@ -144,6 +146,9 @@ class _Pass:
         s = self.settings
         self.layout = Layout.for_prefixes(s.key_prefix, s.broker_key_prefix)
         # DECIDE, INSPECT and ACT cost differently per key, so each is sized on its own timings.
+        # DECIDE's SCAN COUNT may grow past scan_count where few keys match (SPARSE), so a
+        # sparse keyspace costs fewer calls; the keys one call reads stay under `pacer`'s size.
+        self.scan_pacer = Pacer(s.max_batch_ms, s.scan_count * SPARSE, s.max_keys_per_second)
         self.pacer = Pacer(s.max_batch_ms, s.scan_count, s.max_keys_per_second)
         self.inspect_pacer = Pacer(s.max_batch_ms, s.scan_count)
         self.act_pacer = Pacer(s.max_batch_ms, s.scan_count)
@@ -164,7 +169,7 @@ class _Pass:
             yield
             if cursor == b"0":
                 return
-            self.pacer.throttle(scanned)  # after the stop check, as in chunks(): a pause here meets the fence
+            self.scan_pacer.throttle(scanned)  # after the stop check, as in chunks(): a pause here meets the fence
 
     def pages(self) -> Iterator[list[bytes]]:
         """Pages of about ``scan_count`` matching keys; sparse SCAN replies are merged."""
@@ -221,15 +226,20 @@ class _Pass:
         Decides in Python what DECIDE handed back, INSPECTs what it could not read, ACTs on both.
         Returns the next cursor and how many keys the page held."""
         s, now = self.settings, self.clock()
-        size = self.pacer.size if cursor else len(keys)
+        # A SCAN page can hold more keys than COUNT (during a rehash): past twice what fits in the
+        # time target, the rest of the page is handed back and goes by name in the next calls.
+        size, limit = (self.scan_pacer.size, 2 * self.pacer.size) if cursor else (len(keys), len(keys))
         current = Fence() if self.report.dry_run else self.fence()
-        args = [cursor, size, SCAN_MATCH, size, current.token, int(self.report.dry_run)]
+        args = [cursor, size, SCAN_MATCH, limit, current.token, int(self.report.dry_run)]
         args += [(now - EPOCH) // rules.MICROSECOND, s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000]
         args += [s.future_tolerance * 1_000_000, s.max_value_bytes, self.layout.task_prefix, self.layout.group_prefix]
         args += [s.batch_bytes]
         fence_key = self._fence_key(current, keys) if keys else current.key
-        reply = self._call(self.pacer, size, scripts.DECIDE, [fence_key, *keys], args)
+        reply, seconds = self._call(scripts.DECIDE, [fence_key, *keys], args)
         after, scanned, celery, ttl_set, deleted, freed = reply[:6]
+        if cursor:  # COUNT sizes the SCAN, the limit the keys DECIDE reads: each pacer learns its own
+            self.scan_pacer.observe(size, seconds)
+        self.pacer.observe(min(scanned, limit), seconds)
         self.report.celery_keys += celery
         self.report.bytes_deleted += freed
         self.report.ttl_applied.update({Kind.TASK: ttl_set} if ttl_set else {})
@@ -272,7 +282,8 @@ class _Pass:
         start = 0
         while start < len(candidates):
             part = candidates[start : start + self.inspect_pacer.size]
-            rows = self._call(self.inspect_pacer, len(part), scripts.INSPECT, [key for key, _, _ in part], args)
+            rows, seconds = self._call(scripts.INSPECT, [key for key, _, _ in part], args)
+            self.inspect_pacer.observe(len(part), seconds)
             for candidate, (rtype, pttl, value) in zip(part, rows, strict=False):
                 self._rule(candidate, rtype, int(pttl), value, now=now, actions=actions)
             start += len(rows)
@@ -310,7 +321,8 @@ class _Pass:
             for _key, action in actions:
                 args += [action.op, action.ms, action.guard]
             keys = [key for key, _ in actions]
-            applied = self._call(self.act_pacer, len(keys), scripts.ACT, [self._fence_key(current, keys), *keys], args)
+            applied, seconds = self._call(scripts.ACT, [self._fence_key(current, keys), *keys], args)
+            self.act_pacer.observe(len(keys), seconds)
         for (_key, action), ok in zip(actions, applied, strict=True):
             if not ok:
                 self.report.raced += 1
@@ -331,13 +343,11 @@ class _Pass:
             raise ValueError("a fenced sweep on Redis Cluster needs its lease key in the batch's hash slot")
         return keys[0]
 
-    def _call(self, pacer: Pacer, size: int, source: str, keys: list[bytes], args: list[Any]) -> Any:
-        """Run a script over ``size`` keys and let its pacer see how long the call took
-        (an upper bound on Redis's busy time)."""
+    def _call(self, source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
+        """Run a script; also return how long the call took (an upper bound on Redis's busy time)."""
         started = time.perf_counter()
         result = self.report.tally.run(self.client, source, keys, args)
-        pacer.observe(size, time.perf_counter() - started)
-        return result
+        return result, time.perf_counter() - started
 
 
 def _plain(counter: collections.Counter[str]) -> dict[str, int]:
