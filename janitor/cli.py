@@ -133,10 +133,10 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         return EXIT_OK
     if args.verb == "demo":
         return _demo(settings, args.results)
-    if settings.redis_cluster and args.verb in {"run", "restore"}:
+    if settings.redis_cluster and args.verb == "restore":
         print(
-            f"celery-janitor: {args.verb} does not support Redis Cluster yet (JANITOR_REDIS_CLUSTER=true); "
-            "run `celery-janitor sweep` from cron instead",
+            "celery-janitor: restore works on a Celery broker, and Celery's Redis broker does not run on "
+            "Redis Cluster (JANITOR_REDIS_CLUSTER=true): point JANITOR_REDIS_URL at the broker's server",
             file=sys.stderr,
         )
         return EXIT_FAILED

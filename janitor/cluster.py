@@ -11,6 +11,7 @@ discovers the primaries again, picks up both.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ import structlog
 
 from janitor import connection
 from janitor.config import Settings
-from janitor.sweeps.results import SweepReport, sweep
+from janitor.sweeps.results import Fence, SweepReport, sweep
 
 # What ends one node's pass but not the others': the node is unreachable, failed
 # over (CLUSTERDOWN / MASTERDOWN while the cluster elects) or turned read-only.
@@ -43,6 +44,33 @@ def node_kwargs(settings: Settings) -> dict[str, Any]:
     if kwargs.pop("db") != 0:
         raise connection.URLError(f"Redis Cluster has only database 0: drop the /db from {settings.masked_url}")
     return kwargs
+
+
+class LazyCluster:
+    """The daemon's cluster client, made on first use and again after a failed attempt:
+    the daemon starts, and stays up, while the cluster is away (a state, not a crash).
+    Stands in for ``redis.Redis`` where the daemon uses one: single-key commands and
+    scripts are routed by key slot, SCRIPT LOAD goes to every primary."""
+
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        self._kwargs = node_kwargs(settings) | {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        self._client: redis.cluster.RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = redis.cluster.RedisCluster(**self._kwargs)
+                except redis.exceptions.RedisClusterException as exc:  # not a RedisError
+                    raise redis.ConnectionError(f"no usable Redis Cluster: {exc}") from exc
+        return getattr(self._client, name)
+
+    def info_where(self, key: bytes) -> dict[str, Any]:
+        """INFO of the primary that holds ``key``'s slot (the lease's: the results', when hash-tagged)."""
+        node = self.get_node_from_key(key)
+        info: dict[str, Any] = self.info(target_nodes=node)
+        return info
 
 
 def primaries(settings: Settings) -> list[tuple[str, int]]:
@@ -69,6 +97,7 @@ def sweep_cluster(
     dry_run: bool | None = None,
     on_batch: Callable[[SweepReport], None] = lambda _r: None,
     should_stop: Callable[[], bool] = lambda: False,
+    fence: Callable[[], Fence] = Fence,
 ) -> SweepReport:
     """One pass over every primary; one report with the summed counters and a summary per node."""
     total = SweepReport(dry_run=settings.dry_run if dry_run is None else dry_run)
@@ -88,7 +117,13 @@ def sweep_cluster(
 
         try:
             report = sweep(
-                client, settings, dry_run=total.dry_run, on_batch=batch_done, should_stop=should_stop, cluster=True
+                client,
+                settings,
+                dry_run=total.dry_run,
+                fence=fence,
+                on_batch=batch_done,
+                should_stop=should_stop,
+                cluster=True,
             )
         except NODE_FAILURES as exc:
             # What the finished batches did is kept and counted; the node is incomplete,
@@ -130,6 +165,7 @@ def _merge(total: SweepReport, report: SweepReport) -> None:
     total.deleted.update(report.deleted)
     total.skipped.update(report.skipped)
     total.raced += report.raced
+    total.unfenced += report.unfenced
     total.bytes_deleted += report.bytes_deleted
     total.batches += report.batches
     total.tally.commands.update(report.tally.commands)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from janitor import __version__, census, connection, findings, scheduler, scripts, server
+from janitor import __version__, census, cluster, connection, findings, scheduler, scripts, server
 from janitor.config import Settings
 from janitor.heartbeats import WorkerTracker
 from janitor.keyspace import Layout, glob_escape
@@ -155,7 +155,7 @@ class Daemon:
         # The lease gets its own connections and a timeout well under its TTL: a
         # renewal must never wait behind a sweep or outlive the lease it renews.
         lease_client = _client(settings, min(settings.socket_timeout, settings.lease_ttl / 3))
-        lease = Lease.for_prefix(lease_client, settings.key_prefix, settings.lease_ttl)
+        lease = Lease.for_prefix(lease_client, settings.key_prefix, settings.lease_ttl, cluster=settings.redis_cluster)
         return cls(settings, client, lease, Metrics(registry or CollectorRegistry()))
 
     def __post_init__(self) -> None:
@@ -167,14 +167,18 @@ class Daemon:
         self.catalog = broker.QueueCatalog(every=s.census_interval)
         self.metrics.is_leader.set_function(lambda: float(self.lease.held()))
         self.metrics.dry_run.set(int(s.dry_run))
+        jobs = [
+            # The sweep starts when the lease is taken, the census after the first sweep.
+            scheduler.Job("results", self.sweep_results, s.sweep_interval, first_run=s.sweep_interval),
+            scheduler.Job("redis_info", self.read_info, s.info_interval),
+        ]
+        if not s.redis_cluster:  # see README "Redis Cluster": no census there, and Celery has no cluster broker
+            jobs.append(scheduler.Job("census", self.census, s.census_interval, first_run=s.census_interval))
+            jobs.append(
+                scheduler.Job("broker", self.check_broker, s.broker_interval, first_run=min(s.broker_interval, 5))
+            )
         self.jobs = scheduler.build(
-            [
-                # The sweep starts when the lease is taken, the census after the first sweep.
-                scheduler.Job("results", self.sweep_results, s.sweep_interval, first_run=s.sweep_interval),
-                scheduler.Job("census", self.census, s.census_interval, first_run=s.census_interval),
-                scheduler.Job("redis_info", self.read_info, s.info_interval),
-                scheduler.Job("broker", self.check_broker, s.broker_interval, first_run=min(s.broker_interval, 5)),
-            ],
+            jobs,
             jitter=s.jitter,
             on_overrun=self._overrun,
         )
@@ -188,7 +192,8 @@ class Daemon:
         )
         # Heartbeats are pub/sub: listening from the start is what lets the
         # broker check tell a dead worker from one we have not heard yet.
-        self.workers.start(s.redis_url, s)
+        if not s.redis_cluster:
+            self.workers.start(s.redis_url, s)
         self.jobs.start()
         keeper = Keeper(self.lease, self.stop_event, self._lease_changed, self._lease_ok, self._lease_failed)
         self._threads = [http_thread, keeper.start()]
@@ -246,15 +251,19 @@ class Daemon:
         recorder = SweepRecorder(self.metrics, "results")
 
         def body() -> dict[str, Any]:
-            report = sweep(
-                self.client,
-                self.settings,
-                fence=self.lease.fence,
-                # Stop between batches once we may have lost the lease locally;
-                # the fence in ACT is what makes a late batch harmless.
-                should_stop=lambda: self.stop_event.is_set() or not self.lease.held(),
-                on_batch=recorder,
-            )
+            # Stop between batches once we may have lost the lease locally;
+            # the fence in ACT is what makes a late batch harmless.
+            def should_stop() -> bool:
+                return self.stop_event.is_set() or not self.lease.held()
+
+            if self.settings.redis_cluster:
+                report = cluster.sweep_cluster(
+                    self.settings, fence=self.lease.fence, should_stop=should_stop, on_batch=recorder
+                )
+            else:
+                report = sweep(
+                    self.client, self.settings, fence=self.lease.fence, should_stop=should_stop, on_batch=recorder
+                )
             recorder(report)
             self.book.swept(report)
             return report.as_dict()
@@ -319,7 +328,10 @@ class Daemon:
 
     def read_info(self) -> None:
         try:
-            info = self.client.info()
+            if isinstance(self.client, cluster.LazyCluster):
+                info = self.client.info_where(self.lease.key)
+            else:
+                info = self.client.info()
         except (redis.RedisError, OSError) as exc:
             self.health.failed(exc)
             return
@@ -415,5 +427,7 @@ def result_census(
 
 def _client(settings: Settings, timeout: float) -> redis.Redis:
     """A client that fails fast: the daemon does its own backing off and logs it once."""
+    if settings.redis_cluster:
+        return cast(redis.Redis, cluster.LazyCluster(settings, timeout))
     # One immediate retry replaces a pooled connection a Redis restart killed.
     return settings.connect(socket_timeout=timeout, retry=Retry(NoBackoff(), 1))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from redis.crc import key_slot
 
 from janitor import scripts
 from janitor.keyspace import result_prefix
@@ -75,10 +76,18 @@ class Lease:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def for_prefix(cls, client: redis.Redis, key_prefix: str, ttl: float) -> Lease:
-        """Lease key next to the app's result keys, so two apps sharing a Redis get one leader each."""
+    def for_prefix(cls, client: redis.Redis, key_prefix: str, ttl: float, *, cluster: bool = False) -> Lease:
+        """Lease key next to the app's result keys, so two apps sharing a Redis get one leader each.
+
+        On a cluster ACQUIRE's two keys must share a slot: a hash-tagged prefix gives them
+        the results' slot (so every sweep batch is fenced in its script); without one they
+        get a tag of their own.
+        """
         prefix = result_prefix(key_prefix)
-        return cls(client, prefix + LEASE_SUFFIX, prefix + EPOCH_SUFFIX, ttl)
+        key, epoch = prefix + LEASE_SUFFIX, prefix + EPOCH_SUFFIX
+        if cluster and key_slot(key) != key_slot(epoch):
+            key, epoch = b"{" + key + b"}", b"{" + key + b"}:epoch"
+        return cls(client, key, epoch, ttl)
 
     @property
     def ttl_ms(self) -> int:

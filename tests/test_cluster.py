@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +28,7 @@ import redis.cluster
 
 from janitor import cli, cluster, config, demo, embedded, scripts
 from janitor.sweeps.results import FENCE_NONE, Fence, SweepReport, _Pass
+from tests.test_daemon import LEASE_TTL, ROOT, daemon_env, launch, stop_all, wait_for
 
 NOW = dt.datetime.now(dt.UTC)
 NODE_TIMEOUT_MS = 1000
@@ -263,10 +265,26 @@ class TestLayouts:
         assert rc.snapshot() == before
         client.close()
 
-    def test_cluster_url_with_a_database_is_refused(self, rc: Cluster) -> None:
+    def test_cluster_url_with_a_database_is_refused(
+        self, rc: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One clear line from `sweep` and `run` alike; `restore` says why it has no cluster mode."""
         env = {"JANITOR_REDIS_URL": rc.url + "/2", "JANITOR_REDIS_CLUSTER": "true"}
         assert cli.main(["sweep"], environ=env) == cli.EXIT_UNREACHABLE
-        assert cli.main(["run"], environ={**env, "JANITOR_REDIS_URL": rc.url}) == cli.EXIT_FAILED
+        run = subprocess.run(
+            [sys.executable, "-m", "janitor", "run"],
+            env=daemon_env(embedded.free_port(), PYTHONPATH=str(ROOT), **env),
+            cwd=ROOT,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert run.returncode == 2
+        assert run.stderr.decode().strip().splitlines() == [
+            f"celery-janitor: JANITOR_REDIS_URL: Redis Cluster has only database 0: drop the /db from {rc.url}/2"
+        ]
+        assert cli.main(["restore"], environ={**env, "JANITOR_REDIS_URL": rc.url}) == cli.EXIT_FAILED
+        assert "does not run on Redis Cluster" in capsys.readouterr().err
 
 
 def test_a_standalone_server_is_not_taken_for_a_cluster(capsys: pytest.CaptureFixture[str]) -> None:
@@ -428,27 +446,84 @@ class TestFailover:
         client.close()
 
 
-class TestFenceKey:
-    """KEYS[1] of DECIDE and ACT: unchanged off a cluster; on one, always in the batch's slot."""
+class TestDaemon:
+    """`celery-janitor run` on a cluster: one leader sweeps every primary; the lease follows a kill."""
+
+    def test_one_leader_sweeps_the_hash_tagged_layout_fenced(self, rc: Cluster, tmp_path: Path) -> None:
+        client = rc.cluster_client()
+        tagged = _fill(client, "{celery}_", old=100, fresh=40)
+        plain = _fill(client, "", old=30, fresh=10)  # another app's layout: not this janitor's prefix
+        env = {"JANITOR_REDIS_URL": rc.url, "JANITOR_REDIS_CLUSTER": "true", "JANITOR_KEY_PREFIX": "{celery}"}
+        janitors = [launch(tmp_path / "a.log", **env), launch(tmp_path / "b.log", **env)]
+        try:
+            wait_for(lambda: sum(j.sample("janitor_is_leader") or 0 for j in janitors) == 1, 10, "one leader")
+            leader = next(j for j in janitors if j.sample("janitor_is_leader"))
+            follower = next(j for j in janitors if j is not leader)
+            wait_for(lambda: leader.events("sweep.finished"), 15, "a finished sweep")
+            assert client.exists(*tagged.old) == 0
+            assert all(0 < client.pttl(k) <= 86_400_000 for k in tagged.fresh)
+            assert all(client.pttl(k) == -1 for k in plain.old + plain.fresh)
+            assert leader.sample("janitor_keys_deleted_total", kind="task", reason="retention") == 100
+            assert leader.sample("janitor_keys_ttl_applied_total", kind="task") == 40
+            finished = leader.events("sweep.finished")[0]
+            assert finished["completed"]
+            assert len(finished["nodes"]) == 3
+            assert "unfenced_batches" not in finished  # the lease key shares the results' slot
+            assert client.keyslot(b"{celery}_celery-janitor:lease") == client.keyslot(tagged.old[0])
+            assert client.get(b"{celery}_celery-janitor:lease")
+            for janitor in janitors:
+                assert janitor.get("/readyz")[0] == 200
+                assert janitor.sample("janitor_redis_up") == 1
+
+            leader.process.kill()  # the follower takes the lease and sweeps what comes next
+            later = _fill(client, "{celery}_", old=20, fresh=0)
+            wait_for(lambda: follower.sample("janitor_is_leader") == 1, LEASE_TTL + 5, "failover")
+            wait_for(lambda: client.exists(*later.old) == 0, 15, "the new leader's sweep")
+        finally:
+            stop_all(janitors)
+            client.close()
+
+    def test_unprefixed_results_are_swept_and_unfenced_batches_counted(self, rc: Cluster, tmp_path: Path) -> None:
+        client = rc.cluster_client()
+        plain = _fill(client, "", old=40, fresh=20)
+        env = {"JANITOR_REDIS_URL": rc.url, "JANITOR_REDIS_CLUSTER": "true"}
+        janitor = launch(tmp_path / "a.log", **env)
+        try:
+            wait_for(lambda: janitor.events("sweep.finished"), 20, "a finished sweep")
+            assert client.exists(*plain.old) == 0
+            assert all(client.pttl(k) > 0 for k in plain.fresh)
+            finished = janitor.events("sweep.finished")[0]
+            assert finished["unfenced_batches"] > 0  # keys outside the lease's slot: said, not hidden
+            assert client.get(b"{celery-janitor:lease}")  # ACQUIRE's two keys share a slot
+            assert client.exists(b"{celery-janitor:lease}:epoch")
+        finally:
+            stop_all([janitor])
+            client.close()
+
+
+class TestFence:
+    """What DECIDE and ACT check: the lease unchanged off a cluster; on one, only a key in the batch's slot."""
 
     def _pass(self, *, cluster_mode: bool) -> _Pass:
         settings = config.load({})
         return _Pass(redis.Redis(), settings, SweepReport(dry_run=False), Fence, lambda: NOW, cluster_mode)
 
-    def test_standalone_passes_the_fence_key_as_is(self) -> None:
+    def test_standalone_passes_the_fence_as_is(self) -> None:
         run = self._pass(cluster_mode=False)
-        assert run._fence_key(Fence(), [b"{x}a"]) == FENCE_NONE
-        assert run._fence_key(Fence(b"lease", "tok"), [b"{x}a"]) == b"lease"
+        assert run._fenced(Fence(), [b"{x}a"]) == Fence(FENCE_NONE, "")
+        assert run._fenced(Fence(b"lease", "tok"), [b"{x}a"]) == Fence(b"lease", "tok")
 
-    def test_cluster_uses_a_batch_key_when_there_is_no_fence(self) -> None:
+    def test_cluster_fences_batches_in_the_lease_slot(self) -> None:
         run = self._pass(cluster_mode=True)
-        assert run._fence_key(Fence(), [b"{x}a", b"{x}b"]) == b"{x}a"
-        assert run._fence_key(Fence(b"{x}lease", "tok"), [b"{x}a"]) == b"{x}lease"
+        assert run._fenced(Fence(), [b"{x}a", b"{x}b"]) == Fence(b"{x}a", "")
+        assert run._fenced(Fence(b"{x}lease", "tok"), [b"{x}a"]) == Fence(b"{x}lease", "tok")
+        assert run.report.unfenced == 0
 
-    def test_cluster_never_drops_a_fence_silently(self) -> None:
+    def test_cluster_counts_every_batch_it_cannot_fence(self) -> None:
         run = self._pass(cluster_mode=True)
-        with pytest.raises(ValueError, match="hash slot"):
-            run._fence_key(Fence(b"{other}lease", "tok"), [b"{x}a"])
+        assert run._fenced(Fence(b"{other}lease", "tok"), [b"{x}a"]) == Fence(b"{x}a", "")
+        assert run.report.unfenced == 1
+        assert run.report.as_dict()["unfenced_batches"] == 1
 
 
 def _before_fifth_call(monkeypatch: pytest.MonkeyPatch, port: int, fault: Callable[[], None]) -> None:

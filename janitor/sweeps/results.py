@@ -55,6 +55,7 @@ class SweepReport:
     deleted: collections.Counter[str] = field(default_factory=collections.Counter)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     raced: int = 0
+    unfenced: int = 0  # cluster: batches outside the lease key's slot (see _Pass._fenced)
     bytes_deleted: int = 0
     batches: int = 0
     duration_s: float = 0.0
@@ -85,6 +86,8 @@ class SweepReport:
         }
         if self.nodes:
             out["nodes"] = self.nodes
+        if self.unfenced:
+            out["unfenced_batches"] = self.unfenced
         return out
 
 
@@ -211,15 +214,19 @@ class _Pass:
                 self.report.skipped["moved"] += sum(self.layout.classify(k)[0] is not Kind.OTHER for k in group)
 
     def _batch(self, keys: list[bytes]) -> None:
-        if self.settings.cap_ttl:  # DECIDE leaves keys that have a TTL alone; capping reads them all
-            candidates = [(key, *self.layout.classify(key)) for key in keys]
-            candidates = [c for c in candidates if c[1] is not Kind.OTHER]
-            self.report.celery_keys += len(candidates)
-            actions: list[tuple[bytes, Action]] = []
-            self._inspect(candidates, self.clock(), actions)
-            self._act_all(actions)
-        else:
-            self._decide(keys=keys)
+        # Names no Celery client writes cost no call (on a cluster, one call per slot).
+        candidates = [(key, *self.layout.classify(key)) for key in keys]
+        candidates = [c for c in candidates if c[1] is not Kind.OTHER]
+        if not candidates:
+            return
+        if not self.settings.cap_ttl:
+            self._decide(keys=[key for key, _, _ in candidates])
+            return
+        # Cap mode reads keys that have a TTL too, which DECIDE leaves alone: INSPECT all.
+        self.report.celery_keys += len(candidates)
+        actions: list[tuple[bytes, Action]] = []
+        self._inspect(candidates, self.clock(), actions)
+        self._act_all(actions)
 
     def _decide(self, cursor: bytes = b"", keys: Sequence[bytes] = ()) -> tuple[bytes, int]:
         """One DECIDE call: over the next SCAN page when ``cursor`` is given, else over ``keys``.
@@ -229,13 +236,12 @@ class _Pass:
         # A SCAN page can hold more keys than COUNT (during a rehash): past twice what fits in the
         # time target, the rest of the page is handed back and goes by name in the next calls.
         size, limit = (self.scan_pacer.size, 2 * self.pacer.size) if cursor else (len(keys), len(keys))
-        current = Fence() if self.report.dry_run else self.fence()
+        current = self._fenced(Fence() if self.report.dry_run else self.fence(), keys)
         args = [cursor, size, SCAN_MATCH, limit, current.token, int(self.report.dry_run)]
         args += [(now - EPOCH) // rules.MICROSECOND, s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000]
         args += [s.future_tolerance * 1_000_000, s.max_value_bytes, self.layout.task_prefix, self.layout.group_prefix]
         args += [s.batch_bytes]
-        fence_key = self._fence_key(current, keys) if keys else current.key
-        reply, seconds = self._call(scripts.DECIDE, [fence_key, *keys], args)
+        reply, seconds = self._call(scripts.DECIDE, [current.key, *keys], args)
         after, scanned, celery, ttl_set, deleted, freed = reply[:6]
         if cursor:  # COUNT sizes the SCAN, the limit the keys DECIDE reads: each pacer learns its own
             self.scan_pacer.observe(size, seconds)
@@ -316,12 +322,12 @@ class _Pass:
         if self.report.dry_run:
             applied = [1] * len(actions)
         else:
-            current = self.fence()
+            keys = [key for key, _ in actions]
+            current = self._fenced(self.fence(), keys)
             args: list[Any] = [current.token]
             for _key, action in actions:
                 args += [action.op, action.ms, action.guard]
-            keys = [key for key, _ in actions]
-            applied, seconds = self._call(scripts.ACT, [self._fence_key(current, keys), *keys], args)
+            applied, seconds = self._call(scripts.ACT, [current.key, *keys], args)
             self.act_pacer.observe(len(keys), seconds)
         for (_key, action), ok in zip(actions, applied, strict=True):
             if not ok:
@@ -334,14 +340,17 @@ class _Pass:
             else:
                 self.report.ttl_applied[action.kind] += 1
 
-    def _fence_key(self, fence: Fence, keys: Sequence[bytes]) -> bytes:
-        """KEYS[1] of DECIDE and ACT. On a cluster every key of a call must share a slot:
-        with no token the fence key is never read, so a batch key stands in for it."""
-        if not self.cluster or key_slot(fence.key) == key_slot(keys[0]):
-            return fence.key
+    def _fenced(self, fence: Fence, keys: Sequence[bytes]) -> Fence:
+        """The fence a DECIDE or ACT call checks. On a cluster every key of a call must share
+        a slot, so a batch outside the lease key's slot cannot read it: it runs unfenced,
+        counted in ``report.unfenced``, and a batch key stands in as KEYS[1]. Such a batch
+        is still safe from a stale leader: it stops between batches once its lease may have
+        lapsed, and every write is re-checked (TTL only where none, delete only the value it read)."""
+        if not self.cluster or not keys or key_slot(fence.key) == key_slot(keys[0]):
+            return fence
         if fence.token:
-            raise ValueError("a fenced sweep on Redis Cluster needs its lease key in the batch's hash slot")
-        return keys[0]
+            self.report.unfenced += 1
+        return Fence(keys[0], "")
 
     def _call(self, source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
         """Run a script; also return how long the call took (an upper bound on Redis's busy time)."""
