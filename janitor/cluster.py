@@ -1,4 +1,4 @@
-"""Redis Cluster: the one-shot sweep over every primary (``JANITOR_REDIS_CLUSTER=true``).
+"""Redis Cluster: a sweep over every primary (``JANITOR_REDIS_CLUSTER=true``), one-shot or the daemon's.
 
 A cluster client is used only to discover the primaries; each primary is then
 swept like a standalone server (SCAN is per node), with every script call

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # option) and the sentinels' own password, when they have one (sentinel_kwargs).
     sentinel_master: str = ""
     sentinel_password: str = Field(default="", repr=False)
-    # The URL names one node of a Redis Cluster: `sweep` discovers and sweeps every primary.
+    # The URL names one node of a Redis Cluster: `sweep` and `run` discover and sweep every primary.
     redis_cluster: bool = False
     key_prefix: str = ""
     broker_key_prefix: str = ""

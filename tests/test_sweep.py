@@ -121,6 +121,15 @@ class TestBatches:
         assert sum(report.ttl_applied.values()) == 40
         assert report.tally.commands["EVALSHA"] >= 1 + 40 * 200_000 // 1_000_000
 
+    def test_cap_mode_batches_grow_with_inspect(self, client: redis.Redis, settings: config.Settings) -> None:
+        """In cap mode INSPECT is each batch's main call: its timings size the batches, which grow
+        past the pacer's first 100 keys, so reading every key still costs few commands per key."""
+        demo.fill(client, results=20000)
+        report = sweep(client, settings.model_copy(update={"cap_ttl": True}))
+        assert report.completed
+        assert report.scanned / report.batches > 300
+        assert report.commands / report.scanned < 0.01
+
     def test_clean_pass_costs_one_call_per_batch(self, client: redis.Redis, settings: config.Settings) -> None:
         """On an already clean keyspace a pass is SCAN + one script call per batch, and no writes.
 

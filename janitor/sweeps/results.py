@@ -187,10 +187,12 @@ class _Pass:
                 return
 
     def chunks(self, page: list[bytes]) -> Iterator[list[bytes]]:
-        """Split a page at the pacer's size, which follows the measured duration of each call."""
+        """Split a page at the size of the batch's main call (DECIDE, or INSPECT in cap mode),
+        which follows the measured duration of each call."""
+        sizer = self.inspect_pacer if self.settings.cap_ttl else self.pacer
         start = 0
         while start < len(page):
-            chunk = page[start : start + self.pacer.size]
+            chunk = page[start : start + sizer.size]
             yield chunk
             start += len(chunk)
             self.pacer.throttle(len(chunk))
@@ -245,13 +247,12 @@ class _Pass:
         after, scanned, celery, ttl_set, deleted, freed = reply[:6]
         if cursor:  # COUNT sizes the SCAN, the limit the keys DECIDE reads: each pacer learns its own
             self.scan_pacer.observe(size, seconds)
+            self.report.scanned += scanned
         self.pacer.observe(min(scanned, limit), seconds)
         self.report.celery_keys += celery
         self.report.bytes_deleted += freed
         self.report.ttl_applied.update({Kind.TASK: ttl_set} if ttl_set else {})
         self.report.deleted.update({Kind.TASK: deleted} if deleted else {})
-        if cursor:
-            self.report.scanned += scanned
         actions: list[tuple[bytes, Action]] = []
         unread: list[tuple[bytes, Kind, bytes]] = []
         over: list[bytes] = []
