@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 
 import msgpack
 import pytest
@@ -123,21 +124,28 @@ class TestBatches:
 
     def test_cap_mode_batches_grow_with_inspect(self, client: redis.Redis, settings: config.Settings) -> None:
         """In cap mode INSPECT is each batch's main call: its timings size the batches, which grow
-        past the pacer's first 100 keys, so reading every key still costs few commands per key."""
+        past the pacer's first 100 keys while calls are fast and stay small while they are slow.
+        Call durations come from a fake timer, so the figures do not depend on this machine."""
         demo.fill(client, results=20000)
-        report = sweep(client, settings.model_copy(update={"cap_ttl": True}))
-        assert report.completed
-        assert report.scanned / report.batches > 300
-        assert report.commands / report.scanned < 0.01
+        capped = settings.model_copy(update={"cap_ttl": True, "dry_run": True})
+        fast = sweep(client, capped, timer=_ticks(0.0001))  # every call 0.1 ms: well under the target
+        slow = sweep(client, capped, timer=_ticks(0.05))  # every call 50 ms: ten times the guard
+        assert fast.completed
+        assert slow.completed
+        assert fast.scanned == slow.scanned >= 20000
+        assert fast.scanned / fast.batches > 300
+        assert fast.commands / fast.scanned < 0.01
+        assert slow.scanned / slow.batches < 15  # shrunk to the pacer's floor of 10 keys
 
     def test_clean_pass_costs_one_call_per_batch(self, client: redis.Redis, settings: config.Settings) -> None:
         """On an already clean keyspace a pass is SCAN + one script call per batch, and no writes.
 
-        (Commands per key at scale, where the pacer's ramp from 100 keys does not show, are in bench/.)
+        (Commands per key at scale, where the pacer's ramp from 100 keys does not show, are in bench/;
+        here every call seems fast, so the batch sizes do not depend on this machine.)
         """
         demo.fill(client, results=5000)
         sweep(client, settings)
-        clean = sweep(client, settings)
+        clean = sweep(client, settings, timer=_ticks(0.0001))
         assert clean.completed
         assert not clean.ttl_applied
         assert not clean.deleted
@@ -154,3 +162,14 @@ class TestBatches:
         assert not client.exists(ours)
         assert client.exists(theirs)
         assert client.ttl(theirs) == -1
+
+
+def _ticks(step: float) -> Callable[[], float]:
+    """A timer that advances ``step`` seconds each time it is read: every call seems to take ``step``."""
+    now = [0.0]
+
+    def timer() -> float:
+        now[0] += step / 2
+        return now[0]
+
+    return timer

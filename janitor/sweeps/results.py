@@ -109,14 +109,18 @@ def sweep(
     on_batch: Callable[[SweepReport], None] = lambda _r: None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     cluster: bool = False,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> SweepReport:
     """Run one pass; stops between batches (never inside one) when ``should_stop()``.
+
+    ``timer`` times each script call, which sizes the next batch: tests pass a fake one so
+    batch sizes do not depend on how fast the machine is.
 
     ``cluster``: ``client`` is one Redis Cluster primary; every script call then
     holds keys of one hash slot only (see :meth:`_Pass.batch`).
     """
     report = SweepReport(dry_run=settings.dry_run if dry_run is None else dry_run)
-    run = _Pass(client, settings, report, fence, clock, cluster)
+    run = _Pass(client, settings, report, fence, clock, cluster, timer)
     started = time.monotonic()
     for _ in run.batches():
         report.batches += 1
@@ -139,6 +143,7 @@ class _Pass:
     fence: Callable[[], Fence]
     clock: Callable[[], dt.datetime]
     cluster: bool = False
+    timer: Callable[[], float] = time.perf_counter
     layout: Layout = field(init=False)
     scan_pacer: Pacer = field(init=False)
     pacer: Pacer = field(init=False)
@@ -355,9 +360,9 @@ class _Pass:
 
     def _call(self, source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
         """Run a script; also return how long the call took (an upper bound on Redis's busy time)."""
-        started = time.perf_counter()
+        started = self.timer()
         result = self.report.tally.run(self.client, source, keys, args)
-        return result, time.perf_counter() - started
+        return result, self.timer() - started
 
 
 def _plain(counter: collections.Counter[str]) -> dict[str, int]:
