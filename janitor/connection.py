@@ -155,10 +155,11 @@ def connect(
     if is_sentinel(url):
         hosts, kwargs = _sentinel_kwargs(url, socket_timeout=socket_timeout)
         own = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout", *_NO_SETINFO)}
-        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel_cls: Any = redis.sentinel.Sentinel  # typed in some redis-py releases, untyped in others
+        sentinels = sentinel_cls(
             hosts, sentinel_kwargs=own | ({"password": sentinel_password} if sentinel_password else {}), **kwargs
         )
-        master: redis.Redis = sentinels.master_for(sentinel_master, **extra)  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinels.master_for(sentinel_master, **extra)
         return master
     kwargs = client_kwargs(url, socket_timeout=socket_timeout) | extra
     if kwargs.get("ssl") and kwargs["ssl_cert_reqs"] != ssl.CERT_REQUIRED:

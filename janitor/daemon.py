@@ -142,7 +142,8 @@ class Daemon:
     book: StatusBook = field(init=False)
     broker_metrics: BrokerMetrics = field(init=False)
     workers: WorkerTracker = field(default_factory=WorkerTracker)
-    _stuck_before: set[str] = field(default_factory=set)  # restore needs two sightings
+    sightings: broker.Sightings = field(init=False)
+    clock: Callable[[], float] = time.time
     catalog: broker.QueueCatalog = field(init=False)
     _last_sweep_error: str = ""
     _swept: bool = False
@@ -165,6 +166,7 @@ class Daemon:
         self.broker_metrics = BrokerMetrics(self.metrics.registry)
         # New queues are rare; finding them costs a full SCAN, so as often as the census.
         self.catalog = broker.QueueCatalog(every=s.census_interval)
+        self.sightings = broker.Sightings(min_gap=s.broker_interval / 2)
         self.metrics.is_leader.set_function(lambda: float(self.lease.held()))
         self.metrics.dry_run.set(int(s.dry_run))
         jobs = [
@@ -297,16 +299,14 @@ class Daemon:
         def body() -> dict[str, Any]:
             tally = scripts.Tally()
             try:
-                now = time.time()
+                now = self.clock()
                 report = broker.detect(
                     self.client, self.settings, now=now, workers=self.workers, tally=tally, catalog=self.catalog
                 )
-                restored = broker.auto_restore(
-                    self.client, self.settings, report, previous_stuck=self._stuck_before, tally=tally
-                )
+                confirmed = self.sightings.confirm(report)
+                restored = broker.auto_restore(self.client, self.settings, report, confirmed=confirmed, tally=tally)
             finally:
                 self.metrics.add_commands(tally.commands)
-            self._stuck_before = report.stuck_tags
             if self.lease.held():
                 self.broker_metrics.observe(report)
             workers = findings.Workers(self.workers.alive(now), self.workers.listened_for(now))
@@ -323,8 +323,6 @@ class Daemon:
             return fields
 
         self._timed("broker", body)
-
-        self._timed("census", body)
 
     def read_info(self) -> None:
         try:

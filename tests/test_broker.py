@@ -23,6 +23,8 @@ from celery import Celery
 from prometheus_client import CollectorRegistry, generate_latest
 
 from janitor import config, embedded
+from janitor.daemon import Daemon
+from janitor.lease import Change
 from janitor.heartbeats import WorkerTracker
 from janitor.metrics_broker import BrokerMetrics
 from janitor.sweeps import broker
@@ -241,11 +243,40 @@ class TestRestoreRules:
         report = self._stuck(client, server.url, settings)
         before = snapshot(client)
 
-        done = broker.restore(client, settings, report, previous_stuck=set(), dry_run=False)
+        done = broker.restore(client, settings, report, confirmed=set(), dry_run=False)
 
         assert done.restored == {}
         assert done.skipped["seen_once"] == 1
         assert snapshot(client) == before
+
+    def test_daemon_restores_only_after_a_check_half_an_interval_later(
+        self, client: redis.Redis, server: embedded.Server
+    ) -> None:
+        """Two sightings are two broker checks whose start times are at least half of
+        JANITOR_BROKER_INTERVAL apart: checks run in quick succession are one sighting. Each
+        check is counted once, under its own job name."""
+        settings = janitor_settings(server.url, restore_stuck="true", broker_interval="60")
+        producer(server.url).send_task("app.t")
+        deliver_without_ack(server.url, 1)
+        registry = CollectorRegistry()
+        daemon = Daemon.create(settings, registry)
+        now = [time.time() + 7200]
+        daemon.clock = lambda: now[0]
+        assert daemon.lease.step()[0] is Change.ACQUIRED
+        try:
+            daemon.check_broker()
+            now[0] += 29.9
+            daemon.check_broker()
+            daemon.check_broker()
+            assert (client.hlen("unacked"), client.llen("celery")) == (1, 0)
+            now[0] += 0.1
+            daemon.check_broker()
+            assert (client.hlen("unacked"), client.llen("celery")) == (0, 1)
+        finally:
+            daemon.lease.release()
+        count = "janitor_sweep_duration_seconds_count"
+        assert registry.get_sample_value(count, {"sweep": "broker"}) == 4
+        assert registry.get_sample_value(count, {"sweep": "census"}) is None
 
     def test_dry_run_writes_nothing(
         self, client: redis.Redis, settings: config.Settings, server: embedded.Server
@@ -254,7 +285,7 @@ class TestRestoreRules:
         report = self._stuck(client, server.url, settings)
         before = snapshot(client)
 
-        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=True)
+        done = broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=True)
 
         assert done.restored == {"celery": 1}
         assert snapshot(client) == before
@@ -264,7 +295,7 @@ class TestRestoreRules:
         report = self._stuck(client, server.url, settings, priority=7)
         original = json.loads(client.hvals("unacked")[0])[0]
 
-        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+        done = broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False)
 
         assert done.restored == {"celery": 1}
         assert client.hlen("unacked") == client.zcard("unacked_index") == 0
@@ -285,7 +316,7 @@ class TestRestoreRules:
         deliver_without_ack(server.url, 1, queue="q2")
         report = broker.detect(client, settings, now=time.time() + 7200)
 
-        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+        done = broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False)
 
         assert done.restored == {"q2": 1}
         assert (client.llen("q1"), client.llen("q2")) == (0, 1)
@@ -296,7 +327,7 @@ class TestRestoreRules:
         """A message past its ``expires`` goes to the dead-letter list, not back to the queue."""
         report = self._stuck(client, server.url, settings, expires=60)
 
-        done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+        done = broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False)
 
         assert done.dead_lettered == {"celery": 1}
         assert [d.reason for d in done.dead] == ["expired"]
@@ -311,7 +342,7 @@ class TestRestoreRules:
 
         report = self._stuck(client, server.url, settings)
         with Mutex(client, "unacked_mutex", 300):
-            done = broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+            done = broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False)
         assert done.mutex_held
         assert done.restored == {}
         assert client.hlen("unacked") == 1
@@ -321,7 +352,7 @@ class TestRestoreRules:
         report = self._stuck(client, server.url, settings)
         before = snapshot(client)
 
-        assert broker.auto_restore(client, settings, report, previous_stuck=report.stuck_tags) is None
+        assert broker.auto_restore(client, settings, report, confirmed=report.stuck_tags) is None
         assert snapshot(client) == before
 
 
@@ -341,7 +372,7 @@ class TestMetrics:
 
         metrics.observe(report)
         metrics.observe_restore(
-            broker.restore(client, settings, report, previous_stuck=report.stuck_tags, dry_run=False)
+            broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False)
         )
 
         text = generate_latest(registry).decode()
@@ -399,13 +430,13 @@ def _kill_scenario(server: embedded.Server) -> KilledWorker:
         )
         before = snapshot(client)
         first = broker.detect(client, settings, now=time.time(), workers=tracker)
-        off = broker.auto_restore(client, settings, first, previous_stuck=set())
+        off = broker.auto_restore(client, settings, first, confirmed=set())
         second = broker.detect(client, settings, now=time.time(), workers=tracker)
-        off = off or broker.auto_restore(client, settings, second, previous_stuck=first.stuck_tags)
+        off = off or broker.auto_restore(client, settings, second, confirmed=first.stuck_tags)
         restore_off_wrote = off is not None or snapshot(client) != before
         eta_raw = [v for v in client.hvals("unacked") if ids["eta"].encode() in v]
         on = settings.model_copy(update={"restore_stuck": True})
-        restored = broker.auto_restore(client, on, second, previous_stuck=first.stuck_tags)
+        restored = broker.auto_restore(client, on, second, confirmed=first.stuck_tags)
         assert restored is not None
         eta_entry_kept = len(eta_raw) == 1 and eta_raw == [
             v for v in client.hvals("unacked") if ids["eta"].encode() in v
@@ -526,7 +557,7 @@ class TestRace:
         report = second
         previous = first.stuck_tags
         while report.stuck:
-            done = broker.restore(client, settings, report, previous_stuck=previous, dry_run=False)
+            done = broker.restore(client, settings, report, confirmed=previous, dry_run=False)
             restored += done.restored.total()
             previous = report.stuck_tags
             report = broker.detect(client, settings, now=time.time() + 5)
@@ -556,7 +587,7 @@ class TestPoison:
             time.sleep(2.1)
             first = broker.detect(client, settings, now=time.time())
             second = broker.detect(client, settings, now=time.time())
-            done = broker.auto_restore(client, settings, second, previous_stuck=first.stuck_tags)
+            done = broker.auto_restore(client, settings, second, confirmed=first.stuck_tags)
             assert done is not None
             outcomes.append((dict(done.restored), dict(done.dead_lettered)))
 

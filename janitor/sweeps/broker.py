@@ -207,7 +207,6 @@ class BrokerReport:
 
     @property
     def stuck_tags(self) -> set[str]:
-        """Pass this as ``previous_stuck`` to the next :func:`restore`."""
         return {m.tag for m in self.stuck}
 
     def as_dict(self) -> dict[str, Any]:
@@ -253,7 +252,6 @@ class RestoreReport:
     dead: list[DeadLetter] = field(default_factory=list)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
     mutex_held: bool = False
-    seen_stuck: set[str] = field(default_factory=set)
     tally: scripts.Tally = field(default_factory=scripts.Tally)
 
     def as_dict(self) -> dict[str, Any]:
@@ -266,6 +264,27 @@ class RestoreReport:
             "mutex_held": self.mutex_held,
             "commands": dict(self.tally.commands),
         }
+
+
+@dataclass
+class Sightings:
+    """When each stuck delivery was first seen stuck, by the start time of the check that saw it.
+
+    Restore acts only on a delivery seen stuck by two checks whose start times are at least
+    ``min_gap`` apart. Two looks a few milliseconds apart (a job run twice, a retry) are one
+    sighting: the gap is what gives a slow worker the chance to ack, and a dead one's
+    heartbeat the time to lapse, before a message is handed to another worker.
+    """
+
+    min_gap: float
+    first_seen: dict[tuple[str, float], float] = field(default_factory=dict)
+
+    def confirm(self, report: BrokerReport) -> set[str]:
+        """Record ``report``'s stuck deliveries; return the tags seen stuck at least ``min_gap`` ago too."""
+        self.first_seen = {
+            (m.tag, m.delivered_at): self.first_seen.get((m.tag, m.delivered_at), report.now) for m in report.stuck
+        }
+        return {tag for (tag, _), seen in self.first_seen.items() if report.now - seen >= self.min_gap}
 
 
 # -- key names -----------------------------------------------------------------
@@ -593,18 +612,18 @@ def restore(
     settings: Settings,
     report: BrokerReport,
     *,
-    previous_stuck: set[str],
+    confirmed: set[str],
     dry_run: bool,
     tally: scripts.Tally | None = None,
 ) -> RestoreReport:
-    """Push back what was stuck on this pass and the previous one; dead-letter what loops or expired.
+    """Push back what is stuck now and ``confirmed`` (see :class:`Sightings`); dead-letter what loops or expired.
 
     Holds kombu's ``unacked_mutex`` for the whole pass, so a worker's own
     ``restore_visible`` skips meanwhile (and we skip while it holds it).
     """
     keys = BrokerKeys.of(settings)
-    out = RestoreReport(dry_run=dry_run, seen_stuck=report.stuck_tags, tally=tally or scripts.Tally())
-    candidates = [m for m in report.stuck if m.tag in previous_stuck]
+    out = RestoreReport(dry_run=dry_run, tally=tally or scripts.Tally())
+    candidates = [m for m in report.stuck if m.tag in confirmed]
     out.skipped["seen_once"] = len(report.stuck) - len(candidates)
     if not candidates:
         return out
@@ -638,13 +657,13 @@ def auto_restore(
     settings: Settings,
     report: BrokerReport,
     *,
-    previous_stuck: set[str],
+    confirmed: set[str],
     tally: scripts.Tally | None = None,
 ) -> RestoreReport | None:
     """:func:`restore` when ``JANITOR_RESTORE_STUCK`` is on, else None (detection only)."""
     if not settings.restore_stuck:
         return None
-    return restore(client, settings, report, previous_stuck=previous_stuck, dry_run=settings.dry_run, tally=tally)
+    return restore(client, settings, report, confirmed=confirmed, dry_run=settings.dry_run, tally=tally)
 
 
 def _restore_page(
