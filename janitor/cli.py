@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print the effective settings (password masked)",
         description="The effective settings as JSON, keyed by the environment variable that sets each one (for the\n"
         "URL and the port: the variable it was read from). Passwords are masked; JANITOR_STATUS_TOKEN and\n"
-        "JANITOR_SENTINEL_PASSWORD show only \"set\" or \"unset\". Exit 2 without a Redis URL or on a bad setting.",
+        'JANITOR_SENTINEL_PASSWORD show only "set" or "unset". Exit 2 without a Redis URL or on a bad setting.',
         epilog="example: REDIS_URL=redis://:secret@host:6379/0 celery-janitor config   # shows redis://:***@host...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -176,7 +176,7 @@ _SECRETS = {"sentinel_password", "status_token"}
 
 
 def _effective(settings: config.Settings, environ: Mapping[str, str]) -> dict[str, object]:
-    """``celery-janitor config``: each setting under the variable that sets it (the URL and port: where they came from)."""
+    """``celery-janitor config``: each setting under the variable that sets it (URL and port: where they came from)."""
     values = settings.model_dump(exclude={"redis_url_source"}) | {
         "redis_url": settings.masked_url,
         "status_token": settings.status_token,

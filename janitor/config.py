@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from typing import Annotated
@@ -19,6 +20,12 @@ from janitor.connection import mask_url
 # and only count when they name a Redis server.
 URL_SOURCES = ("JANITOR_REDIS_URL", "REDIS_URL", "UPSTASH_REDIS_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_URL")
 _REDIS_SCHEMES = {"redis", "rediss", "unix", "socket", "sentinel"}
+
+# JANITOR_* variables read outside Settings; any other is reported as unknown. The test suite's own is here so
+# a run of it does not warn.
+READ_ELSEWHERE = ("JANITOR_FAULTS_REPORT",)
+# Settings fields that no variable sets (filled in by load()).
+_NOT_VARIABLES = {"redis_url_source"}
 
 Seconds = Annotated[int, Field(ge=1, le=10 * 365 * 86400)]
 
@@ -151,11 +158,15 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
     """Build settings from the environment; raise :class:`ConfigError` with one clear line."""
     env = os.environ if environ is None else environ
     url, source = find_redis_url(env)
-    values: dict[str, object] = {
-        name: env[f"JANITOR_{name.upper()}"] for name in Settings.model_fields if f"JANITOR_{name.upper()}" in env
+    # Which variable each value came from, so an error names the one the user set.
+    origin = {
+        name: f"JANITOR_{name.upper()}"
+        for name in Settings.model_fields
+        if f"JANITOR_{name.upper()}" in env and name not in _NOT_VARIABLES
     }
-    if "JANITOR_METRICS_PORT" not in env and env.get("PORT"):
-        values["metrics_port"] = env["PORT"]  # daemon: Railway and Heroku-style hosts inject PORT
+    values: dict[str, object] = {name: env[var] for name, var in origin.items()}
+    if port_source(env) == "PORT":
+        origin["metrics_port"], values["metrics_port"] = "PORT", env["PORT"]
     values.update(redis_url=url, redis_url_source=source, **overrides)
     if urlsplit(url).scheme.lower() == "sentinel" and not values.get("sentinel_master"):
         raise ConfigError(
@@ -168,7 +179,43 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
+        var = origin.get(field, f"JANITOR_{field.upper()}")
         shown = "<hidden>" if field == "redis_url" else repr(err.get("input"))
+        hint = " (the HTTP port while JANITOR_METRICS_PORT is unset)" if var == "PORT" else ""
         raise ConfigError(
-            f"invalid setting JANITOR_{field.upper()}={shown}: {err['msg']}; fix it or unset it to use the default"
+            f"invalid setting {var}={shown}{hint}: {err['msg']}; fix it or unset it to use the default"
         ) from None
+
+
+def port_source(environ: Mapping[str, str]) -> str:
+    """The variable the HTTP port comes from: ``JANITOR_METRICS_PORT``, else ``PORT`` (Railway, Heroku-style hosts)."""
+    if "JANITOR_METRICS_PORT" not in environ and environ.get("PORT"):
+        return "PORT"
+    return "JANITOR_METRICS_PORT"
+
+
+def known_variables() -> list[str]:
+    """Every ``JANITOR_*`` variable the janitor reads: one per setting, plus those read outside :class:`Settings`."""
+    names = {var for var in URL_SOURCES if var.startswith("JANITOR_")} | set(READ_ELSEWHERE)
+    for name, info in Settings.model_fields.items():
+        if name not in _NOT_VARIABLES:
+            names.add(f"JANITOR_{name.upper()}")
+        names.update(a.upper() for a in (info.alias, info.validation_alias) if isinstance(a, str))
+    return sorted(names)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(variable, nearest known one or "")`` for each ``JANITOR_*`` variable that nothing reads (a typo, most often).
+
+    Names are compared upper-cased, so ``janitor_result_ttl`` (which is not read either) is reported too.
+    """
+    known = known_variables()
+    # Compared without the shared prefix, which would make any two names look alike.
+    by_suffix = {var.removeprefix("JANITOR_"): var for var in known}
+    found = []
+    for var in sorted(environ):
+        upper = var.upper()
+        if upper.startswith("JANITOR_") and var not in known:
+            nearest = difflib.get_close_matches(upper.removeprefix("JANITOR_"), by_suffix, n=1, cutoff=0.6)
+            found.append((var, by_suffix[nearest[0]] if nearest else ""))
+    return found

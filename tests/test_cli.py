@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import subprocess
@@ -12,7 +13,8 @@ import threading
 import pytest
 import redis
 
-from janitor import cli, demo, embedded
+from janitor import cli, config, demo, embedded
+from janitor.sweeps.results import SweepReport
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -37,6 +39,19 @@ class TestSweepCommand:
         assert summary["completed"] is True
         assert summary["deleted"]["task"] > 0
         assert summary["commands_total"] == sum(summary["commands"].values())
+
+    @pytest.mark.parametrize("dry_run", [True, False])
+    def test_summary_on_piped_stdout(self, dry_run: bool, server: embedded.Server, client: redis.Redis) -> None:
+        """Off a terminal (cron, CI, `| tee`) the human summary still goes to stdout; the JSON log line to stderr."""
+        demo.fill(client, results=300)
+        proc = _run("sweep", *(["--dry-run"] if dry_run else []), env={"JANITOR_REDIS_URL": server.url})
+        assert proc.returncode == 0, proc.stderr
+        assert "sweep complete:" in proc.stdout
+        assert "kind / reason" in proc.stdout
+        assert ("would delete" if dry_run else "deleted") in proc.stdout
+        assert ("dry run: nothing was written" in proc.stdout) is dry_run
+        assert '"event": "sweep.finished"' in proc.stderr
+        assert "sweep.finished" not in proc.stdout
 
     def test_dry_run_flag(self, server: embedded.Server, client: redis.Redis) -> None:
         """`--dry-run` reports deletions but the keys are still there."""
@@ -89,28 +104,104 @@ class TestSweepCommand:
         assert "JANITOR_SCAN_COUNT" in proc.stderr
 
 
-class TestOtherVerbs:
-    def test_config_masks_password(self) -> None:
-        """`config` prints the effective settings with the password masked and the URL's source."""
+class TestConfigCommand:
+    def test_masks_password_under_the_urls_variable(self) -> None:
+        """The URL is shown masked, under the variable it was read from."""
         proc = _run("config", env={"UPSTASH_REDIS_URL": "rediss://default:tok3n@x.upstash.io:6379"})
+        assert proc.returncode == 0, proc.stderr
         shown = json.loads(proc.stdout)
-        assert shown["redis_url"] == "rediss://default:***@x.upstash.io:6379"
-        assert shown["redis_url_source"] == "UPSTASH_REDIS_URL"
+        assert shown["UPSTASH_REDIS_URL"] == "rediss://default:***@x.upstash.io:6379"
+        assert "JANITOR_REDIS_URL" not in shown
         assert "tok3n" not in proc.stdout
 
+    def test_keyed_by_the_variables_to_set(self) -> None:
+        """Every key is a variable the user can set, with its typed value; the port under PORT when read from there."""
+        env = {"REDIS_URL": "redis://h:6379/0", "JANITOR_RESULT_TTL": "3600", "PORT": "8080"}
+        shown = json.loads(_run("config", env=env).stdout)
+        assert shown["JANITOR_RESULT_TTL"] == 3600
+        assert shown["JANITOR_FAILURE_TTL"] == 604800
+        assert shown["PORT"] == 8080
+        assert "JANITOR_METRICS_PORT" not in shown
+        assert all(k.isupper() for k in shown), [k for k in shown if not k.isupper()]
+        assert set(shown) - {"REDIS_URL", "PORT"} <= set(config.known_variables())
+
+    def test_secrets_shown_as_set_or_unset(self) -> None:
+        """JANITOR_STATUS_TOKEN and JANITOR_SENTINEL_PASSWORD appear as set or unset, never their value."""
+        env = {"REDIS_URL": "redis://h:6379/0"}
+        shown = json.loads(_run("config", env=env).stdout)
+        assert (shown["JANITOR_STATUS_TOKEN"], shown["JANITOR_SENTINEL_PASSWORD"]) == ("unset", "unset")
+        proc = _run("config", env=env | {"JANITOR_STATUS_TOKEN": "T0kenValue", "JANITOR_SENTINEL_PASSWORD": "S3ntinel"})
+        shown = json.loads(proc.stdout)
+        assert (shown["JANITOR_STATUS_TOKEN"], shown["JANITOR_SENTINEL_PASSWORD"]) == ("set", "set")
+        assert "T0kenValue" not in proc.stdout + proc.stderr
+        assert "S3ntinel" not in proc.stdout + proc.stderr
+
+    def test_no_url_is_exit_2_with_one_line(self) -> None:
+        """Without a URL, config says so as every verb does, instead of showing an empty URL."""
+        proc = _run("config", env={})
+        assert proc.returncode == cli.EXIT_UNREACHABLE
+        assert proc.stdout == ""
+        assert proc.stderr == cli.NO_URL + "\n"
+
+    def test_unknown_variable_warns_once_with_the_nearest(self) -> None:
+        """A mistyped JANITOR_ variable is one warning line naming the nearest setting (never its value); not fatal."""
+        env = {"REDIS_URL": "redis://h:6379/0", "JANITOR_RESULTTTL": "Val5ecret", "JANITOR_LOG_FORMAT": "json"}
+        proc = _run("config", env=env)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1, proc.stderr
+        event = json.loads(lines[0])
+        assert (event["event"], event["level"]) == ("config.unknown_variable", "warning")
+        assert (event["variable"], event["did_you_mean"]) == ("JANITOR_RESULTTTL", "JANITOR_RESULT_TTL")
+        assert "Val5ecret" not in proc.stderr
+        assert json.loads(proc.stdout)["JANITOR_RESULT_TTL"] == 86400
+
+
+class TestOtherVerbs:
     def test_demo(self) -> None:
         """`demo` starts its own server, sweeps a dirty keyspace and leaves no Celery key without TTL."""
         proc = _run("demo", "--results", "2000", env={})
         assert proc.returncode == 0, proc.stderr
         assert "Celery keys without a TTL after the sweep: 0" in proc.stdout
 
-    @pytest.mark.parametrize("verb", [[], ["sweep"], ["run"], ["demo"]])
+    @pytest.mark.parametrize("verb", [[], ["sweep"], ["run"], ["demo"], ["config"], ["diagnose"], ["restore"]])
     def test_help_has_examples(self, verb: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-        """Every help page reads well and the top one shows examples."""
+        """Every help page reads well: a description under the usage line, and the top one shows examples."""
         with pytest.raises(SystemExit) as info:
             cli.main([*verb, "--help"])
         assert info.value.code == 0
         out = capsys.readouterr().out
         assert "usage: celery-janitor" in out
+        description = out.split("\n\n")[1]
+        assert not description.startswith(("options:", "positional arguments:")), out
+        assert len(description.split()) >= 8, description
         if not verb:
             assert "examples:" in out
+
+
+class TestReportTable:
+    def test_columns_line_up_whatever_the_widths(self) -> None:
+        """Header and rows share column edges, with short kinds, long reasons and big counts alike."""
+        for rows in (
+            [("TTL set", "task", 12)],
+            [("deleted", "task", 20_000_000), ("skipped", "value over JANITOR_MAX_VALUE_BYTES", 3)],
+        ):
+            lines = cli.report_table(rows)
+            kind_at = {
+                line.index(word) for line, word in zip(lines, ["kind / reason", *(r[1] for r in rows)], strict=True)
+            }
+            assert len(kind_at) == 1, lines
+            assert len({len(line) for line in lines}) == 1, lines  # right-aligned counts end together
+            assert lines[0].endswith("keys")
+
+    def test_printed_report_uses_it(self) -> None:
+        """The end-of-sweep summary prints the aligned table with each skip's reason."""
+        report = SweepReport(dry_run=True, scanned=10, celery_keys=8, completed=True, duration_s=0.1)
+        report.deleted["task"] = 5
+        report.skipped["too_large"] = 1
+        out = io.StringIO()
+        cli._print_report(report, out)
+        table = [line for line in out.getvalue().splitlines() if line.startswith("  ") and "value bytes" not in line]
+        assert table == cli.report_table(
+            [("would delete", "task", 5), ("skipped", "value over JANITOR_MAX_VALUE_BYTES", 1)]
+        )

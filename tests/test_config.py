@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import ssl
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +48,16 @@ class TestValidation:
         message = str(info.value)
         assert name in message
         assert "\n" not in message
+
+    def test_port_error_names_the_variable_set(self) -> None:
+        """A bad PORT (read while JANITOR_METRICS_PORT is unset) is reported as PORT, the variable the user set."""
+        with pytest.raises(config.ConfigError) as info:
+            config.load({"PORT": "notaport"})
+        assert str(info.value).startswith("invalid setting PORT='notaport'")
+        assert "JANITOR_METRICS_PORT='notaport'" not in str(info.value)
+        with pytest.raises(config.ConfigError) as info:
+            config.load({"PORT": "8080", "JANITOR_METRICS_PORT": "nope"})
+        assert str(info.value).startswith("invalid setting JANITOR_METRICS_PORT='nope'")
 
     def test_env_values_are_typed(self) -> None:
         """Env strings become typed settings."""
@@ -105,3 +117,44 @@ class TestUrls:
         """Celery's socket:// form with virtual_host selects the db."""
         kw = connection.client_kwargs("socket:///run/redis.sock?virtual_host=4", socket_timeout=1)
         assert (kw["unix_socket_path"], kw["db"]) == ("/run/redis.sock", 4)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class TestUnknownVariables:
+    def test_typo_gets_the_nearest_setting(self) -> None:
+        """A mistyped JANITOR_ variable is reported with the setting it most resembles; known ones are not."""
+        env = {
+            "JANITOR_RESULTTTL": "5",
+            "JANITOR_SWEEP_INTERVALS": "60",
+            "janitor_result_ttl": "5",
+            "JANITOR_ZZQQXX": "1",
+            "JANITOR_RESULT_TTL": "5",
+            "JANITOR_REDIS_URL": "redis://h",
+            "REDIS_URL": "redis://h",
+            "PORT": "8080",
+        }
+        assert config.unknown_variables(env) == [
+            ("JANITOR_RESULTTTL", "JANITOR_RESULT_TTL"),
+            ("JANITOR_SWEEP_INTERVALS", "JANITOR_SWEEP_INTERVAL"),
+            ("JANITOR_ZZQQXX", ""),
+            ("janitor_result_ttl", "JANITOR_RESULT_TTL"),
+        ]
+
+    def test_every_setting_is_known(self) -> None:
+        """Each Settings field (but the URL's bookkeeping) is one known variable, so none of them ever warns."""
+        known = set(config.known_variables())
+        for name in config.Settings.model_fields:
+            assert (f"JANITOR_{name.upper()}" in known) is (name != "redis_url_source"), name
+
+    def test_documented_and_test_suite_variables_do_not_warn(self) -> None:
+        """Every JANITOR_ variable the README, deploy files and the daemon tests set is known: no false warning."""
+        sources = [ROOT / "README.md", ROOT / "Dockerfile", ROOT / "tests" / "conftest.py"]
+        sources += [p for p in (ROOT / "deploy").rglob("*") if p.is_file()]
+        # test_config and test_cli hold deliberate typos.
+        sources += [p for p in (ROOT / "tests").glob("test_*.py") if p.name not in {"test_config.py", "test_cli.py"}]
+        names = re.compile(r"\bJANITOR_[A-Z0-9_]*[A-Z0-9]\b")
+        used = {m for p in sources for m in names.findall(p.read_text(errors="replace"))}
+        assert len(used) > 30
+        assert config.unknown_variables(dict.fromkeys(used, "1")) == []
