@@ -67,8 +67,11 @@ def parse_event(data: bytes) -> dict[str, Any] | None:
 class WorkerTracker:
     """Keeps who is alive from heartbeats, in a background thread."""
 
-    def __init__(self, *, min_listen_s: float = MIN_LISTEN_S, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, min_listen_s: float = MIN_LISTEN_S, clock: Callable[[], float] = time.time, retry_s: float = 0.5
+    ) -> None:
         self.min_listen_s = min_listen_s
+        self.retry_s = retry_s  # first back-off after a failure; doubles up to 30 s
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
         self._lock = threading.Lock()
@@ -143,7 +146,8 @@ class WorkerTracker:
         self.events += 1
 
     def _run(self, factory: Callable[[], redis.Redis], settings: Settings) -> None:
-        backoff = 0.5
+        backoff = self.retry_s
+        down = False  # an outage is logged when it starts and when it ends, not at every retry
         while not self._stop.is_set():
             client = factory()
             pubsub = _PubSub(client.connection_pool, ignore_subscribe_messages=True)
@@ -155,13 +159,18 @@ class WorkerTracker:
                     message = pubsub.get_message(timeout=0.5)
                     if self._since is None and pubsub.subscribed:
                         self._since = self._clock()
+                        backoff = self.retry_s
+                        if down:
+                            down = False
+                            log.info("heartbeats.reconnected")
                     if message and message.get("type") == "pmessage" and isinstance(message["data"], bytes):
                         event = parse_event(message["data"])
                         if event is not None:
                             self.record(event, self._clock())
-                backoff = 0.5
             except Exception as exc:  # noqa: BLE001 - the listener thread must outlive any one failure
-                log.warning("heartbeats.disconnected", error=connection.describe_error(exc), retry_in=backoff)
+                if not down:
+                    down = True
+                    log.warning("heartbeats.disconnected", error=connection.describe_error(exc), retrying=True)
                 self._since = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

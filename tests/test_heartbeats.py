@@ -9,10 +9,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+import structlog
 from celery import Celery
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from janitor import config, embedded
-from janitor.heartbeats import WorkerTracker, listen, parse_event
+from janitor.heartbeats import ClientSource, WorkerTracker, listen, parse_event
 
 
 def _app(url: str, **transport: Any) -> Celery:
@@ -28,8 +31,8 @@ def beat(app: Celery, hostname: str, *, freq: float = 0.5, kind: str = "worker-h
 
 
 @contextmanager
-def tracking(url: str, settings: config.Settings, **kwargs: Any) -> Iterator[WorkerTracker]:
-    tracker = WorkerTracker(**kwargs).start(url, settings)
+def tracking(source: ClientSource, settings: config.Settings, **kwargs: Any) -> Iterator[WorkerTracker]:
+    tracker = WorkerTracker(**kwargs).start(source, settings)
     try:
         assert tracker.wait_subscribed()
         yield tracker
@@ -136,6 +139,30 @@ class TestWorkerTracker:
                 assert "back@host" in tracker.alive()
                 # the 0.3 s heard before the restart no longer counts
                 assert tracker.listened_for() <= time.monotonic() - restarted
+
+    def test_an_outage_is_logged_once_each_way(self, settings: config.Settings) -> None:
+        """While the server is down every retry fails, but only the loss and the return are logged."""
+        with embedded.running() as private:
+            own = settings.model_copy(update={"redis_url": private.url})
+            connects: list[int] = []
+
+            def factory() -> redis.Redis:
+                connects.append(1)
+                return own.connect(socket_timeout=5, retry=Retry(NoBackoff(), 1))
+
+            with structlog.testing.capture_logs() as logs, tracking(factory, own, retry_s=0.01) as tracker:
+                private.stop()
+                deadline = time.monotonic() + 20
+                while len(connects) < 6 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert len(connects) >= 6  # five failed attempts at least, with back-off
+                assert tracker.listened_for() == 0
+                private.restart()
+                assert tracker.wait_subscribed(timeout=40)
+                time.sleep(0.1)
+        ours = [e for e in logs if e["event"].startswith("heartbeats.")]
+        assert [e["event"] for e in ours] == ["heartbeats.disconnected", "heartbeats.reconnected"]
+        assert "cannot reach Redis" in ours[0]["error"]
 
 
 class TestParseEvent:
