@@ -143,6 +143,7 @@ class Daemon:
     broker_metrics: BrokerMetrics = field(init=False)
     workers: WorkerTracker = field(default_factory=WorkerTracker)
     sightings: broker.Sightings = field(init=False)
+    _overdue_warned: set[str] = field(default_factory=set)
     clock: Callable[[], float] = time.time
     catalog: broker.QueueCatalog = field(init=False)
     _last_sweep_error: str = ""
@@ -309,6 +310,7 @@ class Daemon:
                 self.metrics.add_commands(tally.commands)
             if self.lease.held():
                 self.broker_metrics.observe(report)
+            self._warn_overdue(report)
             workers = findings.Workers(self.workers.alive(now), self.workers.listened_for(now))
             self.book.checked_broker(report, workers)
             fields: dict[str, Any] = {
@@ -323,6 +325,22 @@ class Daemon:
             return fields
 
         self._timed("broker", body)
+
+    def _warn_overdue(self, report: broker.BrokerReport) -> None:
+        """One log line per task found running past the visibility timeout (kombu will redeliver it)."""
+        overdue = {m.task_id: m for m in report.overdue_running}
+        for task_id in overdue.keys() - self._overdue_warned:
+            m = overdue[task_id]
+            log.warning(
+                "broker.running_overdue",
+                task=m.task_name,
+                task_id=task_id,
+                worker=m.worker,
+                running_s=round(report.now - m.delivered_at),
+                visibility_timeout_s=report.visibility_timeout,
+                fix="raise visibility_timeout above your longest task: kombu will redeliver it",
+            )
+        self._overdue_warned = set(overdue)
 
     def read_info(self) -> None:
         try:

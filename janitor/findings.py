@@ -410,6 +410,26 @@ def stuck(i: Inputs) -> list[Finding]:
     ]
 
 
+def running_overdue(i: Inputs) -> list[Finding]:
+    b = i.broker
+    if b is None or not b.overdue_running:
+        return []
+    first = max(b.overdue_running, key=lambda m: b.now - m.delivered_at)
+    more = len(b.overdue_running) - 1
+    return [
+        Finding(
+            "error",
+            "running_past_visibility_timeout",
+            f"{len(b.overdue_running):,} running tasks have outlived the visibility timeout: kombu will run them twice",
+            f"task {first.task_name} {first.task_id} has run {duration(b.now - first.delivered_at)} on worker "
+            f"{first.worker}, longer than visibility_timeout {duration(b.visibility_timeout)}: kombu will redeliver "
+            "it to another worker while this one still runs it" + (f" ({more:,} more like it)" if more else ""),
+            "raise `broker_transport_options = {'visibility_timeout': ...}` above your longest task (and "
+            "JANITOR_VISIBILITY_TIMEOUT to match); the janitor itself never restores a task whose worker is alive",
+        )
+    ]
+
+
 def orphaned_started(i: Inputs) -> list[Finding]:
     b = i.broker
     if b is None or not b.orphaned_started:
@@ -474,6 +494,7 @@ CHECKS: tuple[Callable[[Inputs], list[Finding]], ...] = (
     no_workers,
     eta_beyond_visibility,
     stuck,
+    running_overdue,
     orphaned_started,
     hash_only,
     tls,

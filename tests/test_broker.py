@@ -29,6 +29,7 @@ from janitor.heartbeats import WorkerTracker
 from janitor.metrics_broker import BrokerMetrics
 from janitor.sweeps import broker
 from tests import broker_app
+from tests.test_daemon import launch, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 SEP = "\x06\x16"
@@ -371,9 +372,7 @@ class TestMetrics:
         report = broker.detect(client, settings, now=time.time() + 7200)
 
         metrics.observe(report)
-        metrics.observe_restore(
-            broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False)
-        )
+        metrics.observe_restore(broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False))
 
         text = generate_latest(registry).decode()
         assert text.count("janitor_stuck_messages{") == 21
@@ -479,6 +478,7 @@ class TestKilledWorker:
     def test_orphaned_started(self, killed: KilledWorker) -> None:
         """Their STARTED results are reported orphaned once the worker's heartbeats stop, not before."""
         assert killed.while_alive.orphaned_started == []
+        assert killed.while_alive.by_state["running"] == 3
         assert killed.while_alive.workers_alive == 1
         orphaned = dict(killed.second.orphaned_started)
         assert sorted(orphaned) == sorted([killed.ids[r] for r in ("a", "b", "prio")])
@@ -500,6 +500,53 @@ class TestKilledWorker:
     def test_priority_kept(self, killed: KilledWorker) -> None:
         """The priority-6 message goes back to its priority list."""
         assert killed.priority_list == [killed.ids["prio"]]
+
+
+@pytest.mark.celery
+class TestRunningTasks:
+    """A task STARTED on a worker whose heartbeat is live is running, however old its delivery."""
+
+    def test_daemon_never_restores_a_running_task(
+        self, client: redis.Redis, server: embedded.Server, tmp_path: Path
+    ) -> None:
+        """acks_late + task_track_started, a 3 s visibility timeout and tasks that run three times longer,
+        the daemon restoring every 0.5 s: it hands back none of them while their worker lives, says why
+        they will be redelivered by kombu; once the worker is killed, each still runs to completion once."""
+        app = producer(server.url)
+        ids = [app.send_task("broker_app.hold").id for _ in range(3)]
+        with celery_worker(server.url, "w1@%h", concurrency=3) as w1:
+            wait_for(lambda: all(status(client, i) == "STARTED" for i in ids), 30, "three STARTED tasks")
+            janitor = launch(
+                tmp_path / "janitor.log",
+                JANITOR_REDIS_URL=server.url,
+                JANITOR_RESTORE_STUCK="true",
+                JANITOR_VISIBILITY_TIMEOUT="3",
+                JANITOR_BROKER_INTERVAL="0.5",
+                JANITOR_SWEEP_INTERVAL="60",
+                JANITOR_CENSUS_INTERVAL="60",
+            )
+            try:
+                delivered = max(s for _, s in client.zrange("unacked_index", 0, -1, withscores=True))
+                wait_for(lambda: time.time() > delivered + 9, 30, "three visibility timeouts")
+                wait_for(lambda: janitor.sample("janitor_unacked_messages", state="running") == 3, 10, "three running")
+                page = janitor.get("/")[1]
+                held = (
+                    client.hlen("unacked"),
+                    client.llen("celery"),
+                    janitor.sample("janitor_restored_total", queue="celery"),
+                )
+                sigkill(w1)
+                wait_for(lambda: client.llen("celery") == 3, 30, "the killed worker's tasks back in their queue")
+            finally:
+                stop_all([janitor])
+        assert held == (3, 0, 0.0)
+        assert "running tasks have outlived the visibility timeout" in page
+        assert "on worker w1@" in page
+        client.set(broker_app.RELEASE_KEY, 1)
+        with celery_worker(server.url, "w2@%h"):
+            wait_for(lambda: all(client.get(f"test:done:{i}") for i in ids), 30, "the tasks to run again")
+            time.sleep(1.0)  # room for a duplicate to show up
+        assert [int(client.get(f"test:done:{i}") or 0) for i in ids] == [1, 1, 1]
 
 
 @pytest.mark.celery

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from janitor import findings
 from janitor.census import Census
 from janitor.findings import Inputs, MemoryInfo, Workers
@@ -143,6 +145,20 @@ class TestBrokerFindings:
         assert "celery-janitor restore" in found["stuck_unacked"].fix
         assert "w9@gone" in found["orphaned_started"].evidence
         assert found["unacked_without_index"].title.startswith("4 ")
+
+    def test_running_past_visibility_timeout_names_task_worker_and_fix(self) -> None:
+        """A task still running on a live worker after the visibility timeout will run twice: an error
+        naming the task, how long it has run, where, and the setting to raise."""
+        report = BrokerReport(now=9000.0, visibility_timeout=3600)
+        long_one = dataclasses.replace(_msg("a", "running"), delivered_at=1000.0, worker="w1@h")
+        report.overdue_running = [dataclasses.replace(_msg("b", "running"), delivered_at=4000.0), long_one]
+        (found,) = findings.running_overdue(Inputs(None, broker=report))
+        assert found.severity == "error"
+        assert "task app.slow id-a has run 2.2 h on worker w1@h" in found.evidence
+        assert "longer than visibility_timeout 60 min" in found.evidence
+        assert "(1 more like it)" in found.evidence
+        assert "visibility_timeout" in found.fix
+        assert not findings.running_overdue(Inputs(None, broker=BrokerReport(now=9000.0, visibility_timeout=3600)))
 
     def test_broker_unavailable_degrades_clearly(self) -> None:
         """When the broker could not be read, one info finding says so instead of made-up numbers."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -43,7 +44,7 @@ REPLY_EXCHANGE = "reply.celery.pidbox"
 RESTORE_COUNT_TTL_S = 7 * 86400
 # An unacked hash this large is an incident in itself; one pass stops there.
 MAX_WALK = 200_000
-STATES = ("active", "held", "stuck", "expired", "unreadable", "index_only", "hash_only")
+STATES = ("active", "running", "held", "stuck", "expired", "unreadable", "index_only", "hash_only")
 
 # KEYS[1]: unacked hash. ARGV: delivery tags. Per tag: false (no hash entry),
 # '!' (not kombu's JSON), or a small JSON summary of the headers the janitor
@@ -75,6 +76,21 @@ for i = 1, #ARGV do
       out[i] = ok2 and enc or '!'
     end
   end
+end
+return out
+"""
+
+# KEYS: result keys. ARGV[1]: most bytes to return. Per key: its value when it is a string
+# of at most ARGV[1] bytes, else false. A STARTED meta is a few hundred bytes; a finished
+# task's result may be huge, and is never read here.
+RESULT_HEADS = """
+local out = {}
+for i = 1, #KEYS do
+  local v = false
+  if redis.call('TYPE', KEYS[i])['ok'] == 'string' and redis.call('STRLEN', KEYS[i]) <= tonumber(ARGV[1]) then
+    v = redis.call('GET', KEYS[i])
+  end
+  out[i] = v
 end
 return out
 """
@@ -170,6 +186,7 @@ class UnackedMessage:
     retries: int
     state: str
     exchange: str = ""
+    worker: str = ""  # hostname named by the task's STARTED result, if any
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -197,6 +214,9 @@ class BrokerReport:
     oldest_unacked_age_s: float | None = None
     # state 'stuck' (past the visibility timeout) or 'expired' (past it and past `expires`)
     stuck: list[UnackedMessage] = field(default_factory=list)
+    # state 'running' (STARTED on a worker whose heartbeat is live) and delivered longer ago than
+    # the visibility timeout: kombu's own restore will hand these to a second worker
+    overdue_running: list[UnackedMessage] = field(default_factory=list)
     max_eta_delay_s: float | None = None
     orphaned_started: list[tuple[str, str]] = field(default_factory=list)
     workers_alive: int | None = None  # None: no heartbeat listener was given
@@ -220,6 +240,7 @@ class BrokerReport:
             "by_state": {s: self.by_state[s] for s in STATES},
             "oldest_unacked_age_s": _round(self.oldest_unacked_age_s),
             "stuck": [m.as_dict() for m in self.stuck],
+            "overdue_running": [m.as_dict() for m in self.overdue_running],
             "max_eta_delay_s": _round(self.max_eta_delay_s),
             "orphaned_started": [{"task_id": t, "hostname": h} for t, h in self.orphaned_started],
             "workers_alive": self.workers_alive,
@@ -365,8 +386,13 @@ def detect(
     workers: WorkerTracker | None = None,
     tally: scripts.Tally | None = None,
     catalog: QueueCatalog | None = None,
+    results: redis.Redis | None = None,
 ) -> BrokerReport:
-    """One read-only pass over the unacked set, the queues and the reply bindings."""
+    """One read-only pass over the unacked set, the queues and the reply bindings.
+
+    ``results``: the result backend's Redis, when it is not the broker's (STARTED results
+    are read there, to tell a running task from a stuck one).
+    """
     started = time.monotonic()
     keys = BrokerKeys.of(settings)
     # Every script here only reads: EVALSHA_RO lets a least-privilege user run them on
@@ -376,13 +402,18 @@ def detect(
     report = BrokerReport(now=now, visibility_timeout=settings.visibility_timeout, tally=reader)
     layout = Layout.for_prefixes(settings.key_prefix, settings.broker_key_prefix)
     alive = workers.alive(now) if workers is not None else None
-    judge_started = workers is not None and workers.knows_the_dead(now)
     if alive is not None:
         report.workers_alive = len(alive)
     for page in _index_pages(client, keys.index, settings.unacked_page, report):
         messages = _summarise(client, keys, page, settings, report)
-        if judge_started and alive is not None:
-            _orphans(client, layout, messages, alive=alive, settings=settings, report=report)
+        if workers is None or alive is None:
+            for msg in messages:
+                _settle(msg, report)
+            continue
+        hosts = _started_on(results or client, layout, messages, settings, report)
+        knows_the_dead = workers.knows_the_dead(now)
+        for msg in messages:
+            _judge_started(msg, hosts.get(msg.task_id, ""), alive, knows_the_dead, report)
     _hash_orphans(client, keys, settings, report)
     names = (catalog or QueueCatalog(every=0)).get(client, settings, keys, report)
     report.queues = _queue_depths(client, keys, report, names)
@@ -441,16 +472,14 @@ def _summarise(
         if eta is not None:
             delay = eta - delivered
             report.max_eta_delay_s = delay if report.max_eta_delay_s is None else max(report.max_eta_delay_s, delay)
-        past_vt = report.now > delivered + vt
         if expires is not None and expires < report.now:
             state = "expired"
         elif eta is not None and report.now < eta + vt:
             state = "held"  # kombu#337: a worker holds ETA messages in memory, scored by delivery time
-        elif past_vt:
+        elif report.now > delivered + vt:
             state = "stuck"
         else:
             state = "active"
-        report.by_state[state] += 1
         msg = UnackedMessage(
             tag=tag,
             task_name=_str(fields.get("task")) or "unknown",
@@ -465,11 +494,35 @@ def _summarise(
             exchange=_str(fields.get("ex")),
         )
         out.append(msg)
-        # An expired message still inside the visibility timeout may be in a live
-        # worker's hands (it will discard it itself); only past it is it ours.
-        if state == "stuck" or (state == "expired" and past_vt):
-            report.stuck.append(msg)
     return out
+
+
+def _judge_started(
+    msg: UnackedMessage, host: str, alive: dict[str, float], knows_the_dead: bool, report: BrokerReport
+) -> None:
+    """Settle a message whose task may be STARTED on ``host``: running while that worker's heartbeat
+    is live, orphaned once its silence means death, held back from restore until then."""
+    if not host:
+        _settle(msg, report)
+    elif host in alive:
+        _settle(dataclasses.replace(msg, state="running", worker=host), report)
+    elif knows_the_dead:
+        report.orphaned_started.append((msg.task_id, host))
+        _settle(dataclasses.replace(msg, worker=host), report)
+    else:
+        report.by_state[msg.state] += 1  # not heard yet is not dead: counted, not handed on
+
+
+def _settle(msg: UnackedMessage, report: BrokerReport) -> None:
+    """Count a message in its final state; list what restore may act on and what runs overdue."""
+    report.by_state[msg.state] += 1
+    past_vt = report.now > msg.delivered_at + report.visibility_timeout
+    # An expired message still inside the visibility timeout may be in a live
+    # worker's hands (it will discard it itself); only past it is it ours.
+    if msg.state == "stuck" or (msg.state == "expired" and past_vt):
+        report.stuck.append(msg)
+    elif msg.state == "running" and past_vt:
+        report.overdue_running.append(msg)
 
 
 def _fields(row: bytes) -> dict[str, Any] | None:
@@ -494,26 +547,23 @@ def _fields(row: bytes) -> dict[str, Any] | None:
     return fields
 
 
-def _orphans(
-    client: redis.Redis,
-    layout: Layout,
-    messages: list[UnackedMessage],
-    *,
-    alive: dict[str, float],
-    settings: Settings,
-    report: BrokerReport,
-) -> None:
-    """STARTED results of unacked messages whose worker sends no heartbeat.
+def _started_on(
+    client: redis.Redis, layout: Layout, messages: list[UnackedMessage], settings: Settings, report: BrokerReport
+) -> dict[str, str]:
+    """``{task_id: hostname}`` for messages whose result is STARTED and names its worker.
 
-    Only ``acks_late`` tasks are still in ``unacked`` while they run, so these
-    are the ones found here; an early-acked STARTED task of a dead worker left
-    no broker trace and only a result-key scan can find it.
+    Only ``acks_late`` tasks are still in ``unacked`` while they run, and only with
+    ``task_track_started`` do they have a STARTED result: without it a task's worker is
+    unknown here. Results are read by a script that skips values over ``max_value_bytes``,
+    so a huge finished result is never read for this.
     """
     ids = sorted({m.task_id for m in messages if m.task_id})
     if not ids:
-        return
-    report.tally.commands["MGET"] += 1
-    values = client.mget([layout.task_prefix + i.encode() for i in ids])
+        return {}
+    values = report.tally.run(
+        client, RESULT_HEADS, [layout.task_prefix + i.encode() for i in ids], [settings.max_value_bytes]
+    )
+    hosts = {}
     for task_id, raw in zip(ids, values, strict=True):
         if not isinstance(raw, bytes):
             continue
@@ -525,8 +575,9 @@ def _orphans(
             continue
         result = meta.get("result")
         host = result.get("hostname") if isinstance(result, dict) else None
-        if isinstance(host, str) and host not in alive:
-            report.orphaned_started.append((task_id, host))
+        if isinstance(host, str) and host:
+            hosts[task_id] = host
+    return hosts
 
 
 def _hash_orphans(client: redis.Redis, keys: BrokerKeys, settings: Settings, report: BrokerReport) -> None:
