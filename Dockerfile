@@ -1,4 +1,5 @@
-# celery-janitor image: `docker build -t celery-janitor .`
+# celery-janitor image: `docker build -t ghcr.io/your-org/celery-janitor:0.1.0 .` (README: Deploy;
+# .github/workflows/release.yml builds it for amd64 and arm64 on a version tag).
 # Stage 1 builds every wheel and installs them into a virtualenv; the final
 # stage copies only that virtualenv onto a clean slim base and runs as UID 10001.
 # No cache mounts (Railway's builder rejects unnamed ones). tests/test_deploy.py
@@ -7,7 +8,7 @@
 FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY janitor ./janitor
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 RUN python -m venv /opt/janitor \

@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pytest
 import redis
 import yaml
 
-from janitor import config, demo, embedded
+from janitor import __version__, config, demo, embedded
 from tests.conftest import ENGINES
 from tests.deploy_support import DEPLOY, ROOT, daemon_env, exported_names, running_daemon
 from tests.test_daemon import wait_for
@@ -101,7 +102,7 @@ def test_dockerfile_shape() -> None:
     assert "pip" not in final_args["RUN"]
     assert "--mount" not in (ROOT / "Dockerfile").read_text()
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
-    assert ignored[1:5] == ["**", "!pyproject.toml", "!README.md", "!janitor"]
+    assert ignored[1:6] == ["**", "!pyproject.toml", "!README.md", "!LICENSE", "!janitor"]
 
 
 @pytest.mark.parametrize("engine_server", ENGINES[:1], indirect=True)  # one server: the venv is the subject
@@ -134,7 +135,10 @@ def test_image_install_replayed_in_a_fresh_venv(server: embedded.Server, tmp_pat
                 assert done.returncode == 0, f"{argv}:\n{done.stdout}\n{done.stderr}"
                 ran += 1
     assert ran == 3  # pip wheel, python -m venv, pip install
-    assert any(p.name.startswith("celery_janitor-") for p in wheels.iterdir())
+    (wheel,) = [p for p in wheels.iterdir() if p.name.startswith("celery_janitor-")]
+    with zipfile.ZipFile(wheel) as archive:  # pyproject's license-files: the LICENSE ships in the wheel
+        shipped = archive.read(f"celery_janitor-{__version__}.dist-info/licenses/LICENSE")
+    assert shipped == (ROOT / "LICENSE").read_bytes()
     where = run(str(venv / "bin" / "python"), "-c", "import janitor; print(janitor.__file__)", cwd=tmp_path, env=env)
     assert str(venv) in where.stdout, where  # the installed wheel, not the work tree
 
