@@ -25,7 +25,7 @@ _REDIS_SCHEMES = {"redis", "rediss", "unix", "socket", "sentinel"}
 # a run of it does not warn.
 READ_ELSEWHERE = ("JANITOR_FAULTS_REPORT",)
 # Settings fields that no variable sets (filled in by load()).
-_NOT_VARIABLES = {"redis_url_source"}
+_NOT_VARIABLES = {"redis_url_source", "broker_url_source"}
 
 Seconds = Annotated[int, Field(ge=1, le=10 * 365 * 86400)]
 
@@ -41,6 +41,10 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(default="", repr=False)
     redis_url_source: str = Field(default="", exclude=True)
+    # The broker's Redis when it is not the results' (another db or server): unacked, queues,
+    # heartbeats and restore go there; sweeps, census and the lease stay on redis_url.
+    broker_url: str = Field(default="", repr=False)
+    broker_url_source: str = Field(default="", exclude=True)
     # With a sentinel:// URL: the master's name (Celery's master_name transport
     # option) and the sentinels' own password, when they have one (sentinel_kwargs).
     sentinel_master: str = ""
@@ -131,6 +135,21 @@ class Settings(BaseSettings):
     def masked_url(self) -> str:
         return mask_url(self.redis_url)
 
+    @property
+    def masked_broker_url(self) -> str:
+        return mask_url(self.broker_url)
+
+    @property
+    def broker_apart(self) -> bool:
+        """The broker lives on another server or database than the results."""
+        return bool(self.broker_url) and self.broker_url != self.redis_url
+
+    def for_broker(self) -> Settings:
+        """These settings aimed at the broker's Redis (what ``connect`` and the heartbeat listener use)."""
+        if not self.broker_apart:
+            return self
+        return self.model_copy(update={"redis_url": self.broker_url, "redis_url_source": self.broker_url_source})
+
     def connect(self, *, socket_timeout: float | None = None, retry: Retry | None = None) -> redis.Redis:
         """A client for the configured server (the current master, with Sentinel)."""
         return connection.connect(
@@ -140,6 +159,15 @@ class Settings(BaseSettings):
             sentinel_password=self.sentinel_password,
             retry=retry,
         )
+
+
+def find_broker_url(environ: Mapping[str, str], results: tuple[str, str]) -> tuple[str, str]:
+    """``JANITOR_BROKER_URL``, else ``CELERY_BROKER_URL`` when it names Redis, else the results' URL."""
+    for name in ("JANITOR_BROKER_URL", "CELERY_BROKER_URL"):
+        url = environ.get(name, "").strip()
+        if url and (name == "JANITOR_BROKER_URL" or urlsplit(url).scheme in _REDIS_SCHEMES):
+            return url, name
+    return results
 
 
 def find_redis_url(environ: Mapping[str, str]) -> tuple[str, str]:
@@ -167,7 +195,10 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
     values: dict[str, object] = {name: env[var] for name, var in origin.items()}
     if port_source(env) == "PORT":
         origin["metrics_port"], values["metrics_port"] = "PORT", env["PORT"]
-    values.update(redis_url=url, redis_url_source=source, **overrides)
+    broker_url, broker_source = find_broker_url(env, (url, source)) if url else ("", "")
+    values.update(
+        redis_url=url, redis_url_source=source, broker_url=broker_url, broker_url_source=broker_source, **overrides
+    )
     if urlsplit(url).scheme.lower() == "sentinel" and not values.get("sentinel_master"):
         raise ConfigError(
             f"{source} is a sentinel:// URL but JANITOR_SENTINEL_MASTER is not set: set it to the master name "
@@ -180,7 +211,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         var = origin.get(field, f"JANITOR_{field.upper()}")
-        shown = "<hidden>" if field == "redis_url" else repr(err.get("input"))
+        shown = "<hidden>" if field in {"redis_url", "broker_url"} else repr(err.get("input"))
         hint = " (the HTTP port while JANITOR_METRICS_PORT is unset)" if var == "PORT" else ""
         raise ConfigError(
             f"invalid setting {var}={shown}{hint}: {err['msg']}; fix it or unset it to use the default"

@@ -45,6 +45,8 @@ class ConnectionInfo:
     db: int
     ping_ms: float
     acl_user: str | None
+    broker_url: str = ""  # masked; "" when the broker is the results' server and database
+    broker_source: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,14 +102,19 @@ def collect(
     sample: int = census.DEFAULT_SAMPLE,
     listen_s: float = DEFAULT_LISTEN_S,
     progress: bool | None = None,
+    broker_client: redis.Redis | None = None,
 ) -> Diagnosis:
-    """Run every read-only check; connection errors propagate (the CLI maps them to exit 2)."""
+    """Run every read-only check; connection errors propagate (the CLI maps them to exit 2).
+
+    ``broker_client``: the broker's Redis when it is not ``client``'s server and database
+    (``JANITOR_BROKER_URL``); the census reads ``client``, the broker checks read it.
+    """
     started = time.monotonic()
     generated_at = dt.datetime.now(dt.UTC)
     info = _info(client)  # first: an unreachable server fails here, before any thread starts
     conn = _connection(client, settings, info)
     memory = MemoryInfo.from_info(info)
-    tracker = _start_listening(settings, listen_s)
+    tracker = _start_listening(settings.for_broker(), listen_s)
     tally = scripts.ReadOnlyTally()
     try:
         dbsize = int(client.dbsize())
@@ -122,7 +129,7 @@ def collect(
     workers = None
     if tracker is not None:
         workers = Workers(tracker.alive(now), tracker.listened_for(now))
-    report, broker_error = _broker(client, settings, now, tracker)
+    report, broker_error = _broker(client, broker_client, settings, now, tracker)
     found = findings.evaluate(
         findings.Inputs(
             census=seen,
@@ -185,6 +192,8 @@ def _connection(client: redis.Redis, settings: Settings, info: dict[str, Any]) -
         db=int(client.connection_pool.connection_kwargs.get("db", 0)),
         ping_ms=round(statistics.median(pings), 3),
         acl_user=user,
+        broker_url=settings.masked_broker_url if settings.broker_apart else "",
+        broker_source=settings.broker_url_source if settings.broker_apart else "",
     )
 
 
@@ -209,15 +218,24 @@ def _listen_out(tracker: Any, listen_s: float) -> None:
         time.sleep(0.05)
 
 
-def _broker(client: redis.Redis, settings: Settings, now: float, tracker: Any) -> tuple[BrokerReport | None, str]:
+def _broker(
+    client: redis.Redis, broker_client: redis.Redis | None, settings: Settings, now: float, tracker: Any
+) -> tuple[BrokerReport | None, str]:
     try:
         from janitor.sweeps import broker  # noqa: PLC0415 - optional until the broker work lands
     except ImportError:
         return None, "broker checks unavailable: this build has no janitor.sweeps.broker"
+    on = broker_client or client
     try:
-        return broker.detect(client, settings, now=now, workers=tracker, tally=scripts.ReadOnlyTally()), ""
+        report = broker.detect(on, settings, now=now, workers=tracker, tally=scripts.ReadOnlyTally(), results=client)
     except redis.ResponseError as exc:  # e.g. NOPERM for a restricted ACL user
         return None, f"broker checks unavailable: Redis refused them ({connection.describe_error(exc)})"
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        if broker_client is None:
+            raise
+        where = f"{settings.broker_url_source} {settings.masked_broker_url}"
+        return None, f"broker checks unavailable: cannot reach the broker at {where} ({connection.describe_error(exc)})"
+    return report, ""
 
 
 def _text(value: bytes | str) -> str:
@@ -235,6 +253,8 @@ def render_text(d: Diagnosis) -> str:
     out.append(f"celery-janitor diagnose {__version__}  {d.generated_at:%Y-%m-%d %H:%M:%S} UTC  ({d.duration_s:.1f} s)")
     out += ["", "Connection"]
     out.append(f"  url        {c.url}  (from {c.source})")
+    if c.broker_url:
+        out.append(f"  broker     {c.broker_url}  (from {c.broker_source})")
     tls = "off" if not c.tls else ("on, server verified" if c.tls_verifies else "on, NOT verified")
     out.append(f"  server     {c.server} {c.version}, {c.role}, db {c.db}; TLS {tls}")
     out.append(f"  ping       {c.ping_ms:.2f} ms; ACL user {c.acl_user or 'unknown'}")

@@ -1,6 +1,6 @@
 """The Celery app the broker tests run real workers with (``celery -A tests.broker_app worker``).
 
-Configured from ``BROKER_APP_URL``. Workers never restore by themselves during a
+Configured from ``BROKER_APP_URL`` (and ``BROKER_APP_BACKEND`` for results kept elsewhere). Workers never restore by themselves during a
 test (``unacked_restore_interval`` of an hour), so whatever comes back to a queue
 was put there by the janitor.
 """
@@ -16,10 +16,11 @@ import redis
 from celery import Celery
 
 URL = os.environ.get("BROKER_APP_URL", "redis://127.0.0.1:6379/0")
+BACKEND = os.environ.get("BROKER_APP_BACKEND", URL)  # results on another database or server
 VISIBILITY_TIMEOUT = int(os.environ.get("BROKER_APP_VT", "3"))
 RELEASE_KEY = "test:release"
 
-app = Celery("broker_app", broker=URL, backend=URL)
+app = Celery("broker_app", broker=URL, backend=BACKEND)
 app.conf.update(
     task_acks_late=True,
     task_track_started=True,
@@ -50,3 +51,13 @@ def poison() -> None:
     """Kill the whole worker process: what a segfaulting C extension or the OOM killer does."""
     _redis().incr("test:poison:runs")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(bind=True, name="broker_app.work")
+def work(self: Any, seconds: float) -> str:
+    """Run for ``seconds``, counting each start and each completion of this task id."""
+    client = _redis()
+    client.incr(f"test:started:{self.request.id}")
+    time.sleep(seconds)
+    client.incr(f"test:done:{self.request.id}")
+    return "done"

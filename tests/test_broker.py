@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from janitor import config, embedded
 from janitor.daemon import Daemon
-from janitor.lease import Change
 from janitor.heartbeats import WorkerTracker
+from janitor.lease import Change
 from janitor.metrics_broker import BrokerMetrics
 from janitor.sweeps import broker
 from tests import broker_app
@@ -69,10 +69,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @contextlib.contextmanager
 def celery_worker(
-    url: str, name: str, *, pool: str = "threads", concurrency: int = 4
+    url: str, name: str, *, pool: str = "threads", concurrency: int = 4, backend: str = ""
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``celery worker`` subprocess in its own process group; killed on exit."""
-    env = os.environ | {"BROKER_APP_URL": url, "BROKER_APP_VT": "3"}
+    env = os.environ | {"BROKER_APP_URL": url, "BROKER_APP_BACKEND": backend or url, "BROKER_APP_VT": "3"}
     args = [sys.executable, "-m", "celery", "-A", "tests.broker_app", "worker", "-P", pool, "-c", str(concurrency)]
     args += ["-n", name, "--without-mingle", "--without-gossip", "-l", "warning"]
     proc = subprocess.Popen(
@@ -547,6 +547,56 @@ class TestRunningTasks:
             wait_for(lambda: all(client.get(f"test:done:{i}") for i in ids), 30, "the tasks to run again")
             time.sleep(1.0)  # room for a duplicate to show up
         assert [int(client.get(f"test:done:{i}") or 0) for i in ids] == [1, 1, 1]
+
+
+@pytest.mark.celery
+class TestBrokerApart:
+    """Broker and results on different databases or servers (CELERY_BROKER_URL != CELERY_RESULT_BACKEND):
+    one daemon sweeps the results' Redis and checks and restores on the broker's."""
+
+    def test_two_databases(self, server: embedded.Server, tmp_path: Path) -> None:
+        base = server.url.rsplit("/", 1)[0]
+        self._round_trip(f"{base}/0", f"{base}/1", tmp_path)
+
+    def test_two_servers(self, tmp_path: Path) -> None:
+        engines = embedded.available_engines()
+        with embedded.running(engines[0]) as one, embedded.running(engines[-1]) as other:
+            self._round_trip(one.url, other.url, tmp_path)
+
+    def _round_trip(self, broker_url: str, backend_url: str, tmp_path: Path) -> None:
+        broker_db, results_db = redis.Redis.from_url(broker_url), redis.Redis.from_url(backend_url)
+        app = Celery("producer", broker=broker_url, backend=backend_url, set_as_current=False)
+        ids = [app.send_task("broker_app.hold").id for _ in range(3)]
+        with celery_worker(broker_url, "w1@%h", concurrency=3, backend=backend_url) as w1:
+            wait_for(lambda: all(status(results_db, i) == "STARTED" for i in ids), 30, "three STARTED tasks")
+            janitor = launch(
+                tmp_path / "janitor.log",
+                CELERY_BROKER_URL=broker_url,
+                CELERY_RESULT_BACKEND=backend_url,
+                JANITOR_RESTORE_STUCK="true",
+                JANITOR_VISIBILITY_TIMEOUT="3",
+                JANITOR_BROKER_INTERVAL="0.5",
+            )
+            try:
+                delivered = max(s for _, s in broker_db.zrange("unacked_index", 0, -1, withscores=True))
+                wait_for(lambda: time.time() > delivered + 4, 30, "the visibility timeout")
+                wait_for(lambda: janitor.sample("janitor_unacked_messages", state="running") == 3, 10, "running")
+                assert broker_db.llen("celery") == 0
+                sigkill(w1)
+                wait_for(lambda: broker_db.llen("celery") == 3, 30, "the killed worker's tasks back in their queue")
+                broker_db.set(broker_app.RELEASE_KEY, 1)
+                with celery_worker(broker_url, "w2@%h", backend=backend_url):
+                    wait_for(lambda: all(broker_db.get(f"test:done:{i}") for i in ids), 30, "the tasks to run again")
+                    # The finished results, written with no TTL, get one from the sweep of the results' Redis.
+                    keys = [f"celery-task-meta-{i}" for i in ids]
+                    wait_for(lambda: all(results_db.ttl(k) > 0 for k in keys), 30, "TTLs on the results")
+                started = janitor.events("daemon.started")[0]
+            finally:
+                stop_all([janitor])
+        assert [int(broker_db.get(f"test:done:{i}") or 0) for i in ids] == [1, 1, 1]
+        assert not broker_db.keys("celery-task-meta-*")
+        assert started["url_source"] == "CELERY_RESULT_BACKEND"
+        assert started["broker_url"].endswith(broker_url.rsplit("@", 1)[-1].split("//", 1)[-1])
 
 
 @pytest.mark.celery

@@ -30,6 +30,33 @@ class TestUrlSources:
         )
 
 
+class TestBrokerUrl:
+    def test_broker_and_results_apart(self) -> None:
+        """Celery's two URLs on two databases: results swept on the backend's, the broker read on the broker's."""
+        s = config.load({"CELERY_BROKER_URL": "redis://:pw@h/0", "CELERY_RESULT_BACKEND": "redis://:pw@h/1"})
+        assert (s.redis_url, s.redis_url_source) == ("redis://:pw@h/1", "CELERY_RESULT_BACKEND")
+        assert (s.broker_url, s.broker_url_source) == ("redis://:pw@h/0", "CELERY_BROKER_URL")
+        assert s.broker_apart
+        assert s.masked_broker_url == "redis://:***@h/0"
+        assert s.for_broker().redis_url == "redis://:pw@h/0"
+
+    def test_janitor_broker_url_wins(self) -> None:
+        env = {"JANITOR_BROKER_URL": "redis://b/2", "CELERY_BROKER_URL": "redis://c/0", "REDIS_URL": "redis://a/1"}
+        s = config.load(env)
+        assert (s.broker_url, s.broker_url_source) == ("redis://b/2", "JANITOR_BROKER_URL")
+
+    def test_same_server_when_the_broker_is_not_redis_or_unset(self) -> None:
+        """An AMQP broker, or none named: the broker checks look at the results' Redis, as before."""
+        for env in (
+            {"REDIS_URL": "redis://a/0", "CELERY_BROKER_URL": "amqp://guest@rabbit//"},
+            {"REDIS_URL": "redis://a/0"},
+        ):
+            s = config.load(env)
+            assert (s.broker_url, s.broker_url_source) == ("redis://a/0", "REDIS_URL")
+            assert not s.broker_apart
+            assert s.for_broker() is s
+
+
 class TestValidation:
     @pytest.mark.parametrize(
         ("name", "value"),
@@ -146,7 +173,7 @@ class TestUnknownVariables:
         """Each Settings field (but the URL's bookkeeping) is one known variable, so none of them ever warns."""
         known = set(config.known_variables())
         for name in config.Settings.model_fields:
-            assert (f"JANITOR_{name.upper()}" in known) is (name != "redis_url_source"), name
+            assert (f"JANITOR_{name.upper()}" in known) is (not name.endswith("_url_source")), name
 
     def test_documented_and_test_suite_variables_do_not_warn(self) -> None:
         """Every JANITOR_ variable the README, deploy files and the daemon tests set is known: no false warning."""

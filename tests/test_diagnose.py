@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from janitor import cli, config, demo, diagnose, embedded
 from janitor.sweeps.results import sweep
@@ -77,6 +78,36 @@ class TestDirtyKeyspace:
         assert doc["connection"]["server"] == ("Valkey" if server.engine == "valkey" else "Redis")
         assert doc["connection"]["role"] == "primary"
         assert doc["keyspace"]["commands"].get("EVALSHA_RO", 0) > 0
+
+    def test_broker_on_another_database(self, server: embedded.Server, client: redis.Redis) -> None:
+        """CELERY_BROKER_URL on db 0, CELERY_RESULT_BACKEND on db 1: the census counts db 1's results, the
+        broker checks read db 0's queue, and both URLs are shown, masked."""
+        base = server.url.rsplit("/", 1)[0]
+        results = redis.Redis.from_url(f"{base}/1")
+        written = demo.fill(results, results=200)
+        app = Celery("producer", broker=f"{base}/0", backend=f"{base}/1", set_as_current=False)
+        for _ in range(5):
+            app.send_task("app.t")
+        env = {"CELERY_BROKER_URL": f"{base}/0", "CELERY_RESULT_BACKEND": f"{base}/1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "janitor", "diagnose", "--json", "--listen", "0"],
+            env=_env("", **env),
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        doc = json.loads(proc.stdout)
+        assert doc["connection"]["source"] == "CELERY_RESULT_BACKEND"
+        assert doc["connection"]["db"] == 1
+        assert (doc["connection"]["broker_url"], doc["connection"]["broker_source"]) == (
+            f"{base}/0",
+            "CELERY_BROKER_URL",
+        )
+        assert doc["keyspace"]["categories"]["task:SUCCESS"]["keys"] == written["result:SUCCESS"]
+        queues = {q["name"]: q["total"] for q in doc["broker"]["queues"]}
+        assert queues["celery"] == 5  # db 0's, not the 40 demo.fill queued in db 1
+        results.close()
 
     def test_text_report(self, server: embedded.Server, client: redis.Redis) -> None:
         """The text report has the sections, the keyspace table, the queue and each finding with its fix."""
