@@ -2,7 +2,8 @@
 
 - Dockerfile: hadolint clean; its build-stage RUN lines replayed in a fresh virtualenv, and
   the daemon started from that virtualenv against a real server, HEALTHCHECK command included.
-- deploy/kubernetes: rendered with `kubectl kustomize`, every object validated by
+- deploy/kubernetes: every variant (base and sidecar, each without and with the Prometheus
+  Operator component) rendered with `kubectl kustomize`, every object validated by
   kubernetes-validate (strict) for Kubernetes 1.29 and every newer version it knows;
   the Prometheus Operator kinds it has no schema for are checked by hand here.
 - deploy/prometheus: promtool check rules / test rules / check config.
@@ -21,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,9 @@ from tests.deploy_support import DEPLOY, ROOT, daemon_env, exported_names, runni
 from tests.test_daemon import wait_for
 
 BIN = Path(sys.executable).parent
-K8S_DIRS = ("base", "sidecar")
+PLAIN = ("base", "sidecar")  # apply on any cluster: no Prometheus Operator CRDs needed
+WITH_OPERATOR = tuple(f"with-prometheus-operator/{name}" for name in PLAIN)
+K8S_DIRS = PLAIN + WITH_OPERATOR
 OPERATOR_KINDS = {"PodMonitor", "PrometheusRule"}  # CRDs: no schema in kubernetes-validate
 UID = 10001
 
@@ -186,11 +190,8 @@ def k8s_versions() -> list[str]:
 def test_kustomize_renders_valid_objects(name: str) -> None:
     objects = render(name)
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == sorted(
-        ["ConfigMap", "Deployment", "Service", "PodMonitor", "PrometheusRule"]
-        if name == "base"
-        else ["ConfigMap", "Deployment", "PodMonitor", "PrometheusRule"]
-    )
+    core = ["ConfigMap", "Deployment", "Service"] if name.endswith("base") else ["ConfigMap", "Deployment"]
+    assert kinds == sorted(core + (sorted(OPERATOR_KINDS) if name in WITH_OPERATOR else []))
     checked = 0
     for obj in objects:
         if obj["kind"] in OPERATOR_KINDS:
@@ -198,7 +199,15 @@ def test_kustomize_renders_valid_objects(name: str) -> None:
         for version in k8s_versions():
             kubernetes_validate.validate(obj, version, strict=True)  # raises on any error
             checked += 1
-    assert checked >= 3 * len(k8s_versions()) - (len(k8s_versions()) if name == "sidecar" else 0)
+    assert checked == len(core) * len(k8s_versions())
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_the_operator_component_only_adds_its_objects(name: str) -> None:
+    """With the component: the same objects, plus the PodMonitor and PrometheusRule, nothing else changed."""
+    plain, monitored = render(name), render(f"with-prometheus-operator/{name}")
+    assert [o for o in monitored if o["kind"] not in OPERATOR_KINDS] == plain
+    assert {o["kind"] for o in plain} & OPERATOR_KINDS == set()
 
 
 def janitor_container(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -232,33 +241,33 @@ def test_janitor_container_is_locked_down(name: str) -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
 
 
-def test_base_runs_two_replicas_with_readiness() -> None:
-    pod, c = janitor_container("base")
-    (deployment,) = [o for o in render("base") if o["kind"] == "Deployment"]
+@pytest.mark.parametrize("name", [n for n in K8S_DIRS if n.endswith("base")])
+def test_base_runs_two_replicas_with_readiness(name: str) -> None:
+    pod, c = janitor_container(name)
+    (deployment,) = [o for o in render(name) if o["kind"] == "Deployment"]
     assert deployment["spec"]["replicas"] == 2  # safe: the lease
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
 
 
-def test_sidecar_is_a_native_sidecar_of_the_worker() -> None:
-    objects = render("sidecar")
+@pytest.mark.parametrize("name", [n for n in K8S_DIRS if n.endswith("sidecar")])
+def test_sidecar_is_a_native_sidecar_of_the_worker(name: str) -> None:
+    objects = render(name)
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     assert deployment["metadata"]["name"] == "celery-worker"  # the standalone janitor is gone
-    pod, c = janitor_container("sidecar")
+    pod, c = janitor_container(name)
     assert [x["name"] for x in pod["initContainers"]] == ["celery-janitor"]
     assert [x["name"] for x in pod["containers"]] == ["worker"]
     assert c["restartPolicy"] == "Always"
     assert c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
     assert "readinessProbe" not in c  # a sidecar's readiness would gate the worker's
-    (monitor,) = [o for o in objects if o["kind"] == "PodMonitor"]
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-@pytest.mark.parametrize("name", K8S_DIRS)
+@pytest.mark.parametrize("name", WITH_OPERATOR)
 def test_operator_objects(name: str) -> None:
-    """PodMonitor and PrometheusRule, checked by hand: kubernetes-validate has no CRD schemas."""
+    """PodMonitor and PrometheusRule, checked by hand: kubernetes-validate has no CRD schemas. The
+    PodMonitor selects the pods that run the janitor (the worker's, for the sidecar) on their port."""
     objects = render(name)
     by_kind = {o["kind"]: o for o in objects}
     assert {o["kind"] for o in objects} & OPERATOR_KINDS == OPERATOR_KINDS
@@ -286,6 +295,125 @@ def test_configmap_settings_are_real_and_valid() -> None:
     assert all(isinstance(v, str) for v in data.values())
     settings = config.load({**data, "JANITOR_REDIS_URL": "redis://redis:6379/0"})
     assert settings.metrics_port == 9810
+
+
+# --- The release workflow and the image deploy/ names ---------------------------------
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+IMAGE_REF = re.compile(r"ghcr\.io/[\w.-]+/celery-janitor(?::[\w.-]+)?")
+
+
+def release() -> dict[Any, Any]:
+    return yaml.safe_load((WORKFLOWS / "release.yml").read_text())  # type: ignore[no-any-return]
+
+
+def release_step(job: str, name: str) -> dict[str, Any]:
+    (step,) = [s for s in release()["jobs"][job]["steps"] if s.get("name") == name]
+    return step  # type: ignore[no-any-return]
+
+
+def version_step(
+    tag: str, owner: str, cwd: Path, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """The build job's version step, run by bash as GitHub runs it (`bash -e`), for ``tag`` and ``owner``."""
+    script = release_step("build", "The tag is v + janitor.__version__")["run"]
+    output = tmp_path / "github_output"
+    output.write_text("")
+    env = {"PATH": os.environ["PATH"], "GITHUB_REF_NAME": tag, "GITHUB_REPOSITORY_OWNER": owner}
+    done = run("bash", "-e", "-c", script, cwd=cwd, env=env | {"GITHUB_OUTPUT": str(output)})
+    return done, dict(line.split("=", 1) for line in output.read_text().splitlines())
+
+
+def test_workflows_pass_actionlint() -> None:
+    """actionlint (with shellcheck on the run: steps) finds nothing in .github/workflows."""
+    tool("shellcheck")  # actionlint lints the run: scripts with it when it is on PATH
+    files = sorted(str(p.relative_to(ROOT)) for p in WORKFLOWS.glob("*.y*ml"))
+    assert files == [".github/workflows/release.yml"]
+    done = run(tool("actionlint"), "-no-color", *files)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_release_publishes_on_a_version_tag() -> None:
+    """PyPI by trusted publishing, the image for both architectures, every action pinned to a major version."""
+    workflow = release()
+    assert workflow[True] == {"push": {"tags": ["v*"]}}  # YAML reads the key `on` as True
+    assert workflow["permissions"] == {"contents": "read"}
+    jobs = workflow["jobs"]
+    assert release_step("build", "Build the sdist and wheel")["run"].splitlines()[-1] == "python -m build"
+    pypi = jobs["pypi"]
+    assert pypi["needs"] == "build"
+    assert pypi["permissions"] == {"id-token": "write"}
+    assert pypi["environment"]["name"] == "pypi"
+    assert pypi["steps"][-1] == {"uses": "pypa/gh-action-pypi-publish@release/v1"}
+    image = jobs["image"]
+    assert image["needs"] == "build"
+    assert image["permissions"] == {"contents": "read", "packages": "write"}
+    uses = {s["uses"].split("@")[0]: s for s in image["steps"] if "uses" in s}
+    assert {"docker/setup-qemu-action", "docker/setup-buildx-action", "docker/login-action"} <= set(uses)
+    push = uses["docker/build-push-action"]["with"]
+    assert push["platforms"] == "linux/amd64,linux/arm64"
+    assert push["push"] is True
+    assert push["tags"] == "${{ needs.build.outputs.tags }}"
+    assert uses["docker/login-action"]["with"]["registry"] == "ghcr.io"
+    refs = [s["uses"] for job in jobs.values() for s in job["steps"] if "uses" in s]
+    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+@(release/)?v\d+", ref) for ref in refs), refs
+
+
+def test_release_tag_must_match_the_version(tmp_path: Path) -> None:
+    done, outputs = version_step(f"v{__version__}", "Your-Org", ROOT, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    image = "ghcr.io/your-org/celery-janitor"  # GHCR wants the owner in lower case
+    assert outputs == {"version": __version__, "tags": f"{image}:{__version__},{image}:latest"}
+
+    done, outputs = version_step("v9.9.9", "your-org", ROOT, tmp_path)
+    assert done.returncode == 1
+    assert done.stdout.startswith(f"::error::tag v9.9.9 does not match janitor/__init__.py __version__ ({__version__})")
+    assert outputs == {}  # nothing is published
+
+    (tmp_path / "janitor").mkdir()
+    (tmp_path / "janitor" / "__init__.py").write_text('__version__ = "0.2.0rc1"\n')
+    done, outputs = version_step("v0.2.0rc1", "your-org", tmp_path, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert outputs["tags"] == "ghcr.io/your-org/celery-janitor:0.2.0rc1"  # a pre-release is not `latest`
+
+
+def test_deploy_names_the_image_the_release_pushes(tmp_path: Path) -> None:
+    """Every variant's container image, and every image the deploy docs name, is one the release pushes
+    for this version (with `your-org` for the repository owner)."""
+    done, outputs = version_step(f"v{__version__}", "your-org", ROOT, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pushed = set(outputs["tags"].split(","))
+    for name in K8S_DIRS:
+        _pod, container = janitor_container(name)
+        assert container["image"] in pushed, name
+    docs = [*DEPLOY.rglob("*.md"), ROOT / "README.md", ROOT / "Dockerfile"]
+    named = {str(path.relative_to(ROOT)): set(IMAGE_REF.findall(path.read_text())) for path in docs}
+    assert named["deploy/railway/README.md"]
+    assert named["deploy/kubernetes/README.md"]
+    repository = {tag.rsplit(":", 1)[0] for tag in pushed}
+    for path, refs in named.items():
+        assert refs <= pushed | repository, (path, refs - pushed - repository)
+
+
+def test_release_build_makes_the_sdist_and_wheel(tmp_path: Path) -> None:
+    """The build job's `python -m build`, in a fresh venv: both files carry this version and the LICENSE."""
+    venv = tmp_path / "venv"
+    assert run(sys.executable, "-m", "venv", str(venv)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "dist"))
+    for line in release_step("build", "Build the sdist and wheel")["run"].splitlines():
+        done = run(*shlex.split(line), cwd=source, env=env)
+        assert done.returncode == 0, f"{line}:\n{done.stdout}\n{done.stderr}"
+    built = sorted(p.name for p in (source / "dist").iterdir())
+    assert built == [f"celery_janitor-{__version__}-py3-none-any.whl", f"celery_janitor-{__version__}.tar.gz"]
+    with tarfile.open(source / "dist" / built[1]) as sdist:
+        assert f"celery_janitor-{__version__}/LICENSE" in sdist.getnames()
+    with zipfile.ZipFile(source / "dist" / built[0]) as wheel:
+        metadata = wheel.read(f"celery_janitor-{__version__}.dist-info/METADATA").decode()
+        assert f"celery_janitor-{__version__}.dist-info/licenses/LICENSE" in wheel.namelist()
+    assert "License-Expression: MIT" in metadata.splitlines()
 
 
 # --- Prometheus -------------------------------------------------------------------
@@ -411,7 +539,7 @@ def test_queries_name_only_exported_metrics(server: embedded.Server, client: red
 
 
 def write_prometheusrule() -> None:
-    """Regenerate deploy/kubernetes/base/prometheusrule.yaml from alerts.yml."""
+    """Regenerate the component's prometheusrule.yaml from alerts.yml."""
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -427,7 +555,7 @@ def write_prometheusrule() -> None:
         "metadata": {"name": "celery-janitor", "labels": labels},
         "spec": alert_rules(),
     }
-    target = DEPLOY / "kubernetes" / "base" / "prometheusrule.yaml"
+    target = DEPLOY / "kubernetes" / "components" / "prometheus-operator" / "prometheusrule.yaml"
     head = "".join(line + "\n" for line in target.read_text().splitlines() if line.startswith("#"))
     target.write_text(head + yaml.dump(doc, Dumper=Dumper, sort_keys=False, width=1000, allow_unicode=True))
 
