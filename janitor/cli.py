@@ -177,18 +177,17 @@ _SECRETS = {"sentinel_password", "status_token"}
 
 def _effective(settings: config.Settings, environ: Mapping[str, str]) -> dict[str, object]:
     """``celery-janitor config``: each setting under the variable that sets it (URL and port: where they came from)."""
-    values = settings.model_dump(exclude={"redis_url_source"}) | {
-        "redis_url": settings.masked_url,
-        "status_token": settings.status_token,
-    }
+    values = settings.model_dump() | {"status_token": settings.status_token}
     shown: dict[str, object] = {}
-    for name, value in values.items():
-        if name == "redis_url":
-            var = settings.redis_url_source
-        elif name == "metrics_port":
-            var = config.port_source(environ)
-        else:
-            var = f"JANITOR_{name.upper()}"
+    for name, raw in values.items():
+        own = f"JANITOR_{name.upper()}"
+        # A URL under the variable it was read from; the port under PORT when it came from there.
+        source = str(getattr(settings, f"{name}_source", "")) if name.endswith("_url") else ""
+        var = source or (config.port_source(environ) if name == "metrics_port" else own)
+        if var in shown:  # the broker on the results' URL: its own variable is not set
+            shown[own] = ""
+            continue
+        value = connection.mask_url(str(raw)) if name.endswith("_url") else raw
         shown[var] = ("set" if value else "unset") if name in _SECRETS else value
     return shown
 
@@ -198,17 +197,14 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
     from janitor import heartbeats  # noqa: PLC0415 - only this verb pays for it
     from janitor.sweeps import broker  # noqa: PLC0415
 
-    on_broker = settings.for_broker()
-
     def body(client: redis.Redis) -> int:
-        sightings = broker.Sightings(min_gap=max(wait, 0.0))
-        # The first look fails fast on an unreachable server or a wrong password, before any thread starts.
-        sightings.confirm(broker.detect(client, settings, now=time.time()))
-        results = settings.connect(retry=Retry(NoBackoff(), 1)) if settings.broker_apart else None
-        tracker = heartbeats.WorkerTracker().start(on_broker.redis_url, settings)
+        tracker = heartbeats.WorkerTracker()
         try:
+            tracker.start(settings.redis_url, settings)
+            sightings = broker.Sightings(min_gap=max(wait, 0.0))
+            sightings.confirm(broker.detect(client, settings, now=time.time()))
             time.sleep(max(wait, 0.0))
-            second = broker.detect(client, settings, now=time.time(), workers=tracker, results=results)
+            second = broker.detect(client, settings, now=time.time(), workers=tracker)
             confirmed = sightings.confirm(second)
             done = broker.restore(client, settings, second, confirmed=confirmed, dry_run=dry_run)
         finally:
@@ -230,7 +226,7 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
                 print("unacked_mutex is held: a kombu consumer is restoring right now; nothing was moved, try again")
         return EXIT_FAILED if done.mutex_held else EXIT_OK
 
-    return _against_redis(on_broker, "restore", body)
+    return _against_redis(settings, "restore", body)
 
 
 # Failures to reach a Redis at all: the URL's host, port, password or TLS, not the command.
@@ -263,8 +259,7 @@ def _diagnose(settings: config.Settings, *, as_json: bool, sample: int, listen_s
     from janitor import diagnose  # noqa: PLC0415 - only this verb pays for it
 
     def body(client: redis.Redis) -> int:
-        on_broker = settings.for_broker().connect(retry=Retry(NoBackoff(), 1)) if settings.broker_apart else None
-        result = diagnose.collect(client, settings, sample=sample, listen_s=listen_s, broker_client=on_broker)
+        result = diagnose.collect(client, settings, sample=sample, listen_s=listen_s)
         if as_json:
             print(json.dumps(result.as_dict(), indent=2))
         else:

@@ -8,6 +8,7 @@ away is a state, not a crash: it is logged once when it changes, shown as
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -26,14 +27,14 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from janitor import __version__, census, cluster, connection, findings, scheduler, scripts, server
+from janitor import __version__, census, cluster, connection, findings, scheduler, scripts, server, status_page
 from janitor.config import Settings
 from janitor.heartbeats import WorkerTracker
 from janitor.keyspace import Layout, glob_escape
 from janitor.lease import Change, Keeper, Lease
 from janitor.metrics import Metrics, ResultCensus, SweepRecorder
 from janitor.metrics_broker import BrokerMetrics
-from janitor.status_book import StatusBook
+from janitor.status_book import Live, StatusBook
 from janitor.sweeps import broker
 from janitor.sweeps.results import sweep
 
@@ -99,11 +100,23 @@ class RedisHealth:
     on_recover: Callable[[], None]
     _state: str | None = None  # None: not known yet, "": up, else the error label
     _reason: str = "not checked yet"
+    _since: float | None = None  # clock() at the last change between up and down
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Callable[[], float] = time.time
 
     @property
     def up(self) -> bool:
         return self._state == ""
+
+    def snapshot(self) -> status_page.RedisState:
+        """For the status page: up, down or unknown, why, and since when."""
+        with self._lock:
+            state, reason, since = self._state, self._reason, self._since
+        return status_page.RedisState(
+            None if state is None else state == "",
+            "" if state == "" else reason,
+            None if since is None else dt.datetime.fromtimestamp(since, dt.UTC),
+        )
 
     @property
     def reason(self) -> str:
@@ -112,6 +125,8 @@ class RedisHealth:
     def ok(self) -> None:
         with self._lock:
             before, self._state, self._reason = self._state, "", "ok"
+            if before != "":
+                self._since = self.clock()
         if before != "":
             self.metrics.redis_up.set(1)
             log.info("redis.up", url=self.url, recovered=before is not None)
@@ -123,6 +138,8 @@ class RedisHealth:
         self.metrics.redis_errors.labels(label).inc()
         with self._lock:
             before, self._state, self._reason = self._state, label, connection.describe_error(exc)
+            if before in {None, ""}:  # a new reason while down keeps the time it went down
+                self._since = self.clock()
         if before != label:
             self.metrics.redis_up.set(0)
             log.error("redis.down", url=self.url, error=label, detail=self._reason, retrying=True)
@@ -137,7 +154,6 @@ class Daemon:
     lease: Lease
     metrics: Metrics
     stop_event: threading.Event = field(default_factory=threading.Event)
-    broker_client: redis.Redis | None = None  # the broker's Redis, when it is not the results'
     health: RedisHealth = field(init=False)
     jobs: BackgroundScheduler = field(init=False)
     book: StatusBook = field(init=False)
@@ -159,13 +175,17 @@ class Daemon:
         # renewal must never wait behind a sweep or outlive the lease it renews.
         lease_client = _client(settings, min(settings.socket_timeout, settings.lease_ttl / 3))
         lease = Lease.for_prefix(lease_client, settings.key_prefix, settings.lease_ttl, cluster=settings.redis_cluster)
-        broker_client = _client(settings.for_broker(), settings.socket_timeout) if settings.broker_apart else None
-        return cls(settings, client, lease, Metrics(registry or CollectorRegistry()), broker_client=broker_client)
+        return cls(settings, client, lease, Metrics(registry or CollectorRegistry()))
 
     def __post_init__(self) -> None:
         s = self.settings
         self.health = RedisHealth(self.metrics, s.masked_url, self._wake_all)
-        self.book = StatusBook(s)
+        self.book = StatusBook(
+            s,
+            live=Live(
+                self.health.snapshot, self.lease.held, self.readiness, lambda: scheduler.next_run(self.jobs, "results")
+            ),
+        )
         self.broker_metrics = BrokerMetrics(self.metrics.registry)
         # New queues are rare; finding them costs a full SCAN, so as often as the census.
         self.catalog = broker.QueueCatalog(every=s.census_interval)
@@ -198,7 +218,7 @@ class Daemon:
         # Heartbeats are pub/sub: listening from the start is what lets the
         # broker check tell a dead worker from one we have not heard yet.
         if not s.redis_cluster:
-            self.workers.start(s.broker_url or s.redis_url, s)
+            self.workers.start(s.redis_url, s)
         self.jobs.start()
         keeper = Keeper(self.lease, self.stop_event, self._lease_changed, self._lease_ok, self._lease_failed)
         self._threads = [http_thread, keeper.start()]
@@ -208,7 +228,6 @@ class Daemon:
             "daemon.started",
             version=__version__,
             url=s.masked_url,
-            broker_url=s.masked_broker_url if s.broker_apart else "same",
             url_source=s.redis_url_source,
             http=f"{host}:{port}",
             lease_key=self.lease.key.decode(errors="replace"),
@@ -304,18 +323,11 @@ class Daemon:
             tally = scripts.Tally()
             try:
                 now = self.clock()
-                on = self.broker_client or self.client
                 report = broker.detect(
-                    on,
-                    self.settings,
-                    now=now,
-                    workers=self.workers,
-                    tally=tally,
-                    catalog=self.catalog,
-                    results=self.client,
+                    self.client, self.settings, now=now, workers=self.workers, tally=tally, catalog=self.catalog
                 )
                 confirmed = self.sightings.confirm(report)
-                restored = broker.auto_restore(on, self.settings, report, confirmed=confirmed, tally=tally)
+                restored = broker.auto_restore(self.client, self.settings, report, confirmed=confirmed, tally=tally)
             finally:
                 self.metrics.add_commands(tally.commands)
             if self.lease.held():
@@ -334,8 +346,7 @@ class Daemon:
                 fields["restore"] = restored.as_dict()
             return fields
 
-        # Reaching a broker that lives elsewhere says nothing of the results' Redis (health, /readyz).
-        self._timed("broker", body, results_server=self.broker_client is None)
+        self._timed("broker", body)
 
     def _warn_overdue(self, report: broker.BrokerReport) -> None:
         """One log line per task found running past the visibility timeout (kombu will redeliver it)."""
@@ -373,8 +384,8 @@ class Daemon:
             return
         self.health.ok()
 
-    def _timed(self, name: str, body: Callable[[], dict[str, Any]], *, results_server: bool = True) -> None:
-        """Run one job: duration, errors, health (of the results' Redis), last success, one log line."""
+    def _timed(self, name: str, body: Callable[[], dict[str, Any]]) -> None:
+        """Run one job: duration, errors, health, last success, one log line."""
         started = time.monotonic()
         try:
             fields = body()
@@ -382,7 +393,7 @@ class Daemon:
             label = error_label(exc)
             self.metrics.sweep_errors.labels(name, label).inc()
             detail = connection.describe_error(exc)
-            if label in UNREACHABLE and results_server:
+            if label in UNREACHABLE:
                 self.health.failed(exc)
             if name == "results":
                 self._last_sweep_error = f"{label}: {detail}"
@@ -393,8 +404,7 @@ class Daemon:
             return
         finally:
             self.metrics.sweep_duration.labels(name).observe(time.monotonic() - started)
-        if results_server:
-            self.health.ok()
+        self.health.ok()
         if name == "results":
             self._last_sweep_error = ""
         if fields.get("completed", True):

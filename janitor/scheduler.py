@@ -60,6 +60,13 @@ def run_soon(scheduler: BackgroundScheduler, job_id: str) -> None:
         scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.UTC))
 
 
+def next_run(scheduler: BackgroundScheduler, job_id: str) -> dt.datetime | None:
+    """When a job runs next; None for an unknown job or a stopped scheduler."""
+    job = scheduler.get_job(job_id) if scheduler.running else None
+    when = getattr(job, "next_run_time", None)
+    return when if isinstance(when, dt.datetime) else None
+
+
 def shutdown(scheduler: BackgroundScheduler, **kwargs: Any) -> None:
     """Stop scheduling and wait for running jobs (the caller bounds the wait)."""
     if scheduler.running:

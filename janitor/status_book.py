@@ -6,9 +6,10 @@ The page reads only this: viewing it sends nothing to Redis.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +23,20 @@ from janitor.sweeps.results import SweepReport
 KEEP_SWEEPS = 10
 
 
+@dataclass(frozen=True)
+class Live:
+    """What the page asks the running daemon at each view; none of these sends anything to Redis."""
+
+    redis: Callable[[], status_page.RedisState]
+    leader: Callable[[], bool]
+    ready: Callable[[], tuple[bool, str]]  # what /readyz answers
+    next_sweep: Callable[[], dt.datetime | None]
+
+
 @dataclass
 class StatusBook:
     settings: Settings
+    live: Live | None = None  # without it (tests, tools) the page has no banner
     sweeps: collections.deque[status_page.SweepRun] = field(
         default_factory=lambda: collections.deque(maxlen=KEEP_SWEEPS)
     )
@@ -34,6 +46,7 @@ class StatusBook:
     broker_at: dt.datetime | None = None
     workers: findings.Workers | None = None
     info: Mapping[str, Any] | None = None
+    info_at: dt.datetime | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def swept(self, report: SweepReport) -> None:
@@ -50,16 +63,25 @@ class StatusBook:
 
     def read_info(self, info: Mapping[str, Any]) -> None:
         with self._lock:
-            self.info = info
+            self.info, self.info_at = info, _now()
 
     def state(self) -> status_page.StatusState:
+        # Asked before taking the book's lock: these take the daemon's own locks.
+        live = self.live
+        banner = None
+        if live is not None:
+            banner = status_page.Banner(live.redis(), live.ready(), live.leader(), next_sweep=live.next_sweep())
+        not_read = "not checked yet"
+        if banner is not None and banner.redis.up is False:
+            not_read = f"not checked: Redis is down ({banner.redis.reason})"
         with self._lock:
+            memory = findings.MemoryInfo.from_info(self.info) if self.info else None
             found = findings.evaluate(
                 findings.Inputs(
                     census=self.census,
-                    memory=findings.MemoryInfo.from_info(self.info) if self.info else None,
+                    memory=memory,
                     broker=self.broker,
-                    broker_error="" if self.broker is not None else "not checked yet",
+                    broker_error="" if self.broker is not None else not_read,
                     workers=self.workers,
                     visibility_timeout=self.settings.visibility_timeout,
                     tls_verifies=tls_verifies(self.settings.redis_url),
@@ -75,6 +97,7 @@ class StatusBook:
                 broker=self.broker,
                 broker_at=self.broker_at,
                 workers=self.workers,
+                banner=None if banner is None else dataclasses.replace(banner, memory=memory, info_at=self.info_at),
             )
 
     def page(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:

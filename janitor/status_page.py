@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 from janitor import __version__
 from janitor.census import AGE_BUCKETS
 from janitor.connection import mask_url
-from janitor.findings import Finding, Workers, duration, size
+from janitor.findings import Finding, MemoryInfo, Workers, duration, size
 
 if TYPE_CHECKING:
     from janitor.census import Census
@@ -50,6 +50,27 @@ class SweepRun:
     report: SweepReport
 
 
+@dataclass(frozen=True, slots=True)
+class RedisState:
+    """Redis as the daemon last found it, and since when it has been so."""
+
+    up: bool | None  # None: not checked yet
+    reason: str = ""  # why it is down
+    since: dt.datetime | None = None  # the last change between up and down
+
+
+@dataclass(frozen=True, slots=True)
+class Banner:
+    """The top of the page: is anything wrong right now."""
+
+    redis: RedisState
+    ready: tuple[bool, str] | None = None  # what /readyz answers
+    leader: bool | None = None
+    memory: MemoryInfo | None = None  # from the last INFO
+    info_at: dt.datetime | None = None
+    next_sweep: dt.datetime | None = None
+
+
 @dataclass
 class StatusState:
     """What the page shows; every part is optional (the daemon fills them as its jobs run)."""
@@ -65,6 +86,7 @@ class StatusState:
     broker_at: dt.datetime | None = None
     workers: Workers | None = None
     notes: Sequence[str] = field(default_factory=tuple)  # e.g. "first sweep in 4 min"
+    banner: Banner | None = None
 
 
 def authorize(settings: Settings, headers: Mapping[str, str] | Any, query: str | Mapping[str, Sequence[str]]) -> bool:
@@ -98,6 +120,10 @@ def _ago(now: dt.datetime, then: dt.datetime | None) -> str:
     return "never" if then is None else f"{duration((now - then).total_seconds())} ago"
 
 
+def _at(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, numeric_from: int = 1) -> str:
     head = "".join(f"<th{' class=n' if i >= numeric_from else ''}>{_e(h)}</th>" for i, h in enumerate(headers))
     body = "".join(
@@ -124,6 +150,12 @@ th{background:#f1f3f6;font-weight:600}.n{text-align:right;font-variant-numeric:t
 .sev{font-weight:700;text-transform:uppercase;font-size:.8rem;margin-right:.5rem}
 .error .sev{color:#c62828}.warning .sev{color:#a86200}.info .sev{color:#1e6fd9}
 .f p{margin:.25rem 0}code{background:#f1f3f6;padding:0 .2rem;border-radius:3px}.none{color:#5b6472}
+.banner{border:1px solid;border-left-width:8px;padding:.6rem 1rem;margin:.8rem 0 1rem;background:#fff}
+.banner.bad{border-color:#c62828;background:#fdecea}.banner.warn{border-color:#ef8f00;background:#fff6e5}
+.banner.good{border-color:#2e7d32;background:#edf7ee}.banner .head{font-size:1.15rem;font-weight:700;margin:0 0 .4rem}
+.bad .head{color:#b71c1c}.warn .head{color:#8a5200}.good .head{color:#1b5e20}
+.banner table{background:transparent;width:auto}
+.banner th,.banner td{border:0;padding:.1rem 1rem .1rem 0;background:none}
 """
 
 
@@ -136,6 +168,7 @@ def render(state: StatusState) -> bytes:
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>celery-janitor status</title><style>{_CSS}</style></head><body>",
         "<h1>celery-janitor</h1>",
+        _banner(state.banner, state.sweeps, now) if state.banner is not None else "",
         f"<p class=meta>version {_e(state.version)} &middot; {_e(mask_url(state.redis_url) or 'no Redis URL')}"
         f" &middot; page generated {_e(now.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>",
         *(f"<p class=meta>{_e(n)}</p>" for n in state.notes),
@@ -146,6 +179,74 @@ def render(state: StatusState) -> bytes:
         "</body></html>",
     ]
     return "".join(parts).encode()
+
+
+def _banner(b: Banner, runs: Sequence[SweepRun], now: dt.datetime) -> str:
+    """Trouble first: a headline for the worst thing now, then Redis, role, memory and sweeps at a glance."""
+    r = b.redis
+    since = f" since {_at(r.since)} ({duration((now - r.since).total_seconds())})" if r.since else ""
+    if r.up is False:
+        tone, head = "bad", f"Redis is down: {r.reason}"
+        redis_row = f"down{since}"
+    elif r.up is None:
+        tone, head = "warn", "Redis not checked yet"
+        redis_row = "not checked yet"
+    else:
+        redis_row = f"up{since}"
+        tone, head = "good", "Redis is up; ready"
+        if b.ready is not None and not b.ready[0]:
+            tone, head = "bad", f"Not ready: {b.ready[1]}"
+    rows: list[tuple[str, str]] = [("Redis", redis_row)]
+    if b.ready is not None:
+        rows.append(("/readyz", "ready" if b.ready[0] else f"503 {b.ready[1]}"))
+    rows.append(("Role", _role(b)))
+    rows.append(("Memory", _memory(b.memory, b.info_at, now)))
+    rows.append(("Last sweep", _last_sweep(runs[0] if runs else None, now)))
+    rows.append(("Next sweep", _next_sweep(b, now)))
+    body = "".join(f"<tr><th scope=row>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<div class='banner {tone}' id=banner><p class=head>{_e(head)}</p><table>{body}</table></div>"
+
+
+def _role(b: Banner) -> str:
+    if b.leader:
+        return "leader: this janitor holds the lease and sweeps"
+    if b.leader is None:
+        return "unknown"
+    if b.redis.up is not True:
+        return "not leader: the lease lives in Redis, which cannot be reached"
+    return "follower: another janitor holds the lease and sweeps; this one stands by"
+
+
+def _memory(m: MemoryInfo | None, at: dt.datetime | None, now: dt.datetime) -> str:
+    if m is None:
+        return "not read yet" if at is None else "INFO has no memory section"
+    if m.maxmemory:
+        used = f"{size(m.used)} of {size(m.maxmemory)} maxmemory ({m.used / m.maxmemory:.0%})"
+    else:
+        used = f"{size(m.used)}, no maxmemory limit"
+    return f"{used}; policy {m.policy}; {m.evicted_keys:,} keys evicted (INFO read {_ago(now, at)})"
+
+
+def _last_sweep(run: SweepRun | None, now: dt.datetime) -> str:
+    if run is None:
+        return "none finished yet"
+    r = run.report
+    mode = "dry run" if r.dry_run else "live"
+    done = "" if r.completed else ", stopped early"
+    return (
+        f"{_ago(now, run.finished_at)} ({_at(run.finished_at)}), {mode}{done}: {sum(r.deleted.values()):,} deleted, "
+        f"{sum(r.ttl_applied.values()) + sum(r.ttl_capped.values()):,} TTLs set, {sum(r.skipped.values()):,} skipped"
+    )
+
+
+def _next_sweep(b: Banner, now: dt.datetime) -> str:
+    if b.redis.up is not True:
+        return "once Redis answers and this janitor holds the lease"
+    if not b.leader:
+        return "on the leader; this janitor sweeps as soon as it takes the lease"
+    if b.next_sweep is None:
+        return "not scheduled"
+    return f"in {duration(max(0.0, (b.next_sweep - now).total_seconds()))} ({_at(b.next_sweep)})"
 
 
 def _findings(found: Sequence[Finding]) -> str:

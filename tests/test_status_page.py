@@ -8,17 +8,25 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from prometheus_client import CollectorRegistry
 
 from janitor import config, embedded
 from janitor.census import Census
-from janitor.findings import Finding, Workers
-from janitor.status_page import HEADERS, StatusState, SweepRun, authorize, render
+from janitor.daemon import RedisHealth
+from janitor.findings import Finding, MemoryInfo, Workers
+from janitor.metrics import Metrics
+from janitor.status_book import Live, StatusBook
+from janitor.status_page import HEADERS, Banner, RedisState, StatusState, SweepRun, authorize, render
 from janitor.sweeps.broker import BrokerReport, QueueDepth, UnackedMessage
 from janitor.sweeps.results import SweepReport
+from tests.test_daemon import launch, stop_all, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -130,6 +138,140 @@ class TestRender:
         assert "No findings" in page
 
 
+AUTH_FAILED = "authentication failed: check the password in the URL (WRONGPASS)"
+
+
+def _memory(used: int, maxmemory: int, policy: str = "noeviction") -> MemoryInfo:
+    return MemoryInfo(used=used, peak=used, maxmemory=maxmemory, fragmentation=1.1, policy=policy, evicted_keys=7)
+
+
+def _banner_of(page: str) -> str:
+    start = page.index("<div class='banner")
+    return page[start : page.index("</div>", start)]
+
+
+class TestBanner:
+    def test_redis_down_comes_first_with_reason_and_since(self) -> None:
+        """With Redis down the first thing on the page is that, why, and since when; not a 'not checked yet'."""
+        state = _state()
+        state.banner = Banner(
+            RedisState(False, AUTH_FAILED, NOW - dt.timedelta(minutes=3)),
+            ready=(False, f"redis unavailable: {AUTH_FAILED}"),
+            leader=False,
+            next_sweep=NOW + dt.timedelta(seconds=20),
+        )
+        page = render(state).decode()
+        banner = _banner_of(page)
+        assert page.index("Redis is down") < page.index("Findings") < page.index("Last sweeps")
+        assert "banner bad" in banner
+        assert f"Redis is down: {AUTH_FAILED}" in banner
+        assert "down since 2025-06-01 11:57:00 UTC (3 min)" in banner
+        assert f"503 redis unavailable: {AUTH_FAILED}" in banner
+        assert "not leader: the lease lives in Redis, which cannot be reached" in banner
+        assert "once Redis answers and this janitor holds the lease" in banner
+
+    def test_leader_memory_and_sweeps_when_all_is_well(self) -> None:
+        """Up: since when, leader, memory of maxmemory with its policy, the last sweep and when the next one runs."""
+        state = _state()
+        state.banner = Banner(
+            RedisState(True, "", NOW - dt.timedelta(hours=2)),
+            ready=(True, "ok"),
+            leader=True,
+            memory=_memory(3 * 2**29, 2**31, "volatile-lru"),
+            info_at=NOW - dt.timedelta(seconds=10),
+            next_sweep=NOW + dt.timedelta(minutes=4),
+        )
+        banner = _banner_of(render(state).decode())
+        assert "banner good" in banner
+        assert "Redis is up; ready" in banner
+        assert "up since 2025-06-01 10:00:00 UTC (2.0 h)" in banner
+        assert "leader: this janitor holds the lease and sweeps" in banner
+        assert "1.5 GiB of 2.0 GiB maxmemory (75%); policy volatile-lru; 7 keys evicted (INFO read 10 s ago)" in banner
+        assert "5 min ago (2025-06-01 11:55:00 UTC), live: 8,000 deleted, 9,000 TTLs set, 2 skipped" in banner
+        assert "in 4 min (2025-06-01 12:04:00 UTC)" in banner
+
+    def test_a_failed_sweep_is_the_headline(self) -> None:
+        """Redis up but /readyz failing (the last sweep failed): the headline says why, in red."""
+        state = StatusState(
+            generated_at=NOW,
+            banner=Banner(RedisState(True, "", NOW), ready=(False, "last sweep failed: response: OOM"), leader=True),
+        )
+        banner = _banner_of(render(state).decode())
+        assert "banner bad" in banner
+        assert "Not ready: last sweep failed: response: OOM" in banner
+        assert "none finished yet" in banner
+        assert "Memory</th><td>not read yet" in banner
+
+    def test_follower_and_no_memory_limit(self) -> None:
+        """A follower says who sweeps; no maxmemory is said plainly (no percentage of zero)."""
+        state = StatusState(
+            generated_at=NOW,
+            banner=Banner(
+                RedisState(True, "", NOW),
+                ready=(True, "ok"),
+                leader=False,
+                memory=_memory(10 * 2**20, 0),
+                info_at=NOW,
+            ),
+        )
+        banner = _banner_of(render(state).decode())
+        assert "follower: another janitor holds the lease and sweeps" in banner
+        assert "on the leader; this janitor sweeps as soon as it takes the lease" in banner
+        assert "10.0 MiB, no maxmemory limit; policy noeviction" in banner
+
+    def test_not_checked_yet_and_escaped(self) -> None:
+        """Before the first check the banner says so; a reason is escaped like every other value."""
+        page = render(StatusState(generated_at=NOW, banner=Banner(RedisState(None)))).decode()
+        assert "banner warn" in page
+        assert "Redis not checked yet" in page
+        down = Banner(RedisState(False, "<b>odd</b>", NOW))
+        page = render(StatusState(generated_at=NOW, banner=down)).decode()
+        assert "&lt;b&gt;odd&lt;/b&gt;" in page
+        assert "<b>" not in page
+
+
+class TestBook:
+    def test_the_daemons_health_reaches_the_page(self) -> None:
+        """The book shows RedisHealth's state and when it last flipped; a new reason while down keeps the time."""
+        now = [1_748_779_200.0]  # 2025-06-01 12:00:00 UTC
+        health = RedisHealth(Metrics(CollectorRegistry()), "redis://h:6379/0", lambda: None, clock=lambda: now[0])
+        live = Live(health.snapshot, lambda: False, lambda: (False, "redis unavailable"), lambda: None)
+        book = StatusBook(_settings(), live=live)
+        assert book.state().banner == Banner(RedisState(None, "not checked yet"), (False, "redis unavailable"), False)
+        health.failed(redis.AuthenticationError("WRONGPASS invalid username-password pair"))
+        now[0] += 60
+        health.failed(redis.ConnectionError("Error 111 connecting to h:6379. Connection refused."))
+        state = book.state()
+        assert state.banner is not None
+        assert state.banner.redis.up is False
+        assert "cannot reach Redis" in state.banner.redis.reason
+        assert state.banner.redis.since == dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
+        # the broker finding says why it was not checked, instead of "not checked yet"
+        broker = next(f for f in state.findings if f.code == "broker_unavailable")
+        assert broker.evidence.startswith("not checked: Redis is down (cannot reach Redis")
+        now[0] += 60
+        health.ok()
+        up = book.state().banner
+        assert up is not None
+        assert up.redis == RedisState(True, "", dt.datetime(2025, 6, 1, 12, 2, tzinfo=dt.UTC))
+
+    def test_info_feeds_the_memory_line(self) -> None:
+        """The last INFO read gives the memory line and its time."""
+        live = Live(lambda: RedisState(True, "", NOW), lambda: True, lambda: (True, "ok"), lambda: None)
+        book = StatusBook(_settings(), live=live)
+        book.read_info({"used_memory": 2**20, "maxmemory": 2**22, "maxmemory_policy": "noeviction"})
+        banner = book.state().banner
+        assert banner is not None
+        assert banner.memory is not None
+        assert (banner.memory.used, banner.memory.maxmemory, banner.memory.policy) == (2**20, 2**22, "noeviction")
+        assert banner.info_at is not None
+
+    def test_no_live_daemon_no_banner(self) -> None:
+        """A book without a daemon behind it (tools, tests) renders the page without a banner."""
+        assert StatusBook(_settings()).state().banner is None
+        assert "class='banner" not in render(StatusBook(_settings()).state()).decode()
+
+
 class TestAuthorize:
     def test_open_without_token(self) -> None:
         """With no token set, anyone reaching the port sees the page."""
@@ -188,6 +330,32 @@ def _served() -> Iterator[str]:
         httpd.server_close()
 
 
+def _browser(exe: str, profile: str) -> list[str]:
+    """Headless chromium that talks to nothing but the page's own server."""
+    return [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ]
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
 class TestInABrowser:
     def test_headless_chromium_renders_the_page(self, served: str) -> None:
         """A real headless browser shows the content (DOM dump) and a screenshot is kept in artifacts/."""
@@ -195,16 +363,7 @@ class TestInABrowser:
         if exe is None:
             pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
         with tempfile.TemporaryDirectory(prefix="janitor-chromium-") as profile:
-            flags = [
-                exe,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-            ]
+            flags = _browser(exe, profile)
             dom = subprocess.run(
                 [*flags, "--dump-dom", served], capture_output=True, text=True, timeout=60, check=False
             )
@@ -222,3 +381,44 @@ class TestInABrowser:
             )
             assert shot.exists()
             assert shot.stat().st_size > 10_000
+
+    def test_a_daemon_with_a_wrong_password_says_so_first(self, tmp_path: Path) -> None:
+        """A real daemon whose password is refused: /readyz and the top of / both say authentication failed.
+
+        The screenshot (artifacts/status-redis-down.png) is what an operator sees.
+        """
+        exe = _chromium()
+        if exe is None:
+            pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+        with embedded.running("", "--requirepass", "right-one") as srv:
+            url = f"redis://janitor:WrongPass99@127.0.0.1:{srv.port}/0"
+            janitor = launch(tmp_path / "janitor.log", JANITOR_REDIS_URL=url)
+            try:
+                wait_for(lambda: "authentication failed" in _readyz(janitor.port)[1], 30, "/readyz never said auth")
+                assert _readyz(janitor.port)[0] == 503
+                page_url = f"http://127.0.0.1:{janitor.port}/"
+                with tempfile.TemporaryDirectory(prefix="janitor-chromium-") as profile:
+                    flags = _browser(exe, profile)
+                    dom = subprocess.run(
+                        [*flags, "--dump-dom", page_url], capture_output=True, text=True, timeout=60, check=False
+                    ).stdout
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    shot = ARTIFACTS / "status-redis-down.png"
+                    shot.unlink(missing_ok=True)
+                    subprocess.run(
+                        [*flags, f"--screenshot={shot}", "--window-size=1200,900", page_url],
+                        capture_output=True,
+                        timeout=60,
+                        check=False,
+                    )
+            finally:
+                stop_all([janitor])
+        assert "Redis is down: authentication failed" in dom, dom[-3000:]
+        assert dom.index("Redis is down") < dom.index("Findings") < dom.index("Last sweeps")
+        assert "down since " in dom
+        assert "503 redis unavailable: authentication failed" in dom
+        assert "not checked: Redis is down (authentication failed" in dom
+        assert "WrongPass99" not in dom
+        assert "redis://janitor:***@127.0.0.1" in dom
+        assert shot.exists()
+        assert shot.stat().st_size > 10_000
