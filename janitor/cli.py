@@ -226,7 +226,11 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
                 print("unacked_mutex is held: a kombu consumer is restoring right now; nothing was moved, try again")
         return EXIT_FAILED if done.mutex_held else EXIT_OK
 
-    return _against_redis(settings, "restore", body)
+    try:
+        return _against_redis(on_broker, "restore", body)
+    except broker.SeparatorMismatch as exc:
+        print(f"celery-janitor: nothing restored: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
 
 
 # Failures to reach a Redis at all: the URL's host, port, password or TLS, not the command.

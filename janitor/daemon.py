@@ -88,6 +88,8 @@ def error_label(exc: BaseException) -> str:
         return "connection"
     if isinstance(exc, redis.ResponseError):
         return "fenced" if text.startswith("FENCED") else "response"
+    if isinstance(exc, broker.SeparatorMismatch):
+        return "config"
     return "internal"
 
 

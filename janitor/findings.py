@@ -448,6 +448,24 @@ def orphaned_started(i: Inputs) -> list[Finding]:
     ]
 
 
+def separator_mismatch(i: Inputs) -> list[Finding]:
+    b = i.broker
+    if b is None or not b.foreign_binding:
+        return []
+    return [
+        Finding(
+            "error",
+            "broker_separator_mismatch",
+            "the workers' kombu separator is not JANITOR_BROKER_SEP",
+            f"binding {b.foreign_binding!r} is not routing_key, pattern and queue joined by JANITOR_BROKER_SEP: "
+            "priority lists and queues are named with another separator, so the janitor misreads them and "
+            "refuses to restore",
+            "set JANITOR_BROKER_SEP to your workers' `broker_transport_options['sep']` (kombu's default is "
+            "'\\x06\\x16')",
+        )
+    ]
+
+
 def hash_only(i: Inputs) -> list[Finding]:
     b = i.broker
     n = b.by_state.get("hash_only", 0) if b is not None else 0
@@ -496,6 +514,7 @@ CHECKS: tuple[Callable[[Inputs], list[Finding]], ...] = (
     stuck,
     running_overdue,
     orphaned_started,
+    separator_mismatch,
     hash_only,
     tls,
 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 TASK_PREFIX = b"celery-task-meta-"
 GROUP_PREFIX = b"celery-taskset-meta-"
 PIDBOX_REPLY_SUFFIX = b".reply.celery.pidbox"
+KOMBU_PREFIX = b"_kombu."  # kombu's own keys (bindings), never a reply list
 CHORD_SUFFIXES = {b".j", b".s", b".t", b".d", b".c"}
 
 # One SCAN pattern covers results, groups, chord keys and pidbox reply lists,
@@ -103,7 +104,8 @@ class Layout:
         if (
             key.endswith(PIDBOX_REPLY_SUFFIX)
             and key.startswith(self.broker_prefix)
-            and _plausible_id(key[len(self.broker_prefix) : -len(PIDBOX_REPLY_SUFFIX)])
+            and _plausible_id(oid := key[len(self.broker_prefix) : -len(PIDBOX_REPLY_SUFFIX)])
+            and not oid.startswith(KOMBU_PREFIX)  # _kombu.binding.reply.celery.pidbox: the exchange's binding set
         ):
             return Kind.PIDBOX_REPLY, b""
         return Kind.OTHER, b""

@@ -279,6 +279,37 @@ class TestRestoreRules:
         assert registry.get_sample_value(count, {"sweep": "broker"}) == 4
         assert registry.get_sample_value(count, {"sweep": "census"}) is None
 
+    @pytest.mark.parametrize(("workers_sep", "janitor_sep"), [(":", SEP), (SEP, ":")])
+    def test_refuses_a_separator_the_workers_do_not_use(
+        self, client: redis.Redis, server: embedded.Server, workers_sep: str, janitor_sep: str
+    ) -> None:
+        """A JANITOR_BROKER_SEP unlike the workers' would push priority messages into lists no worker reads:
+        `restore` refuses with one line and exit 2, and writes nothing."""
+        producer(server.url, sep=workers_sep).send_task("app.t", priority=7)
+        deliver_without_ack(server.url, 1, sep=workers_sep)
+        time.sleep(1.1)
+        before = snapshot(client)
+        env = os.environ | {
+            "JANITOR_REDIS_URL": server.url,
+            "JANITOR_BROKER_SEP": janitor_sep,
+            "JANITOR_VISIBILITY_TIMEOUT": "1",
+            "JANITOR_LOG_LEVEL": "error",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "janitor", "restore", "--wait", "0.2"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1
+        assert "JANITOR_BROKER_SEP" in proc.stderr
+        assert "nothing restored" in proc.stderr
+        assert snapshot(client) == before
+
     def test_dry_run_writes_nothing(
         self, client: redis.Redis, settings: config.Settings, server: embedded.Server
     ) -> None:

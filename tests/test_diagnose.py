@@ -109,6 +109,20 @@ class TestDirtyKeyspace:
         assert queues["celery"] == 5  # db 0's, not the 40 demo.fill queued in db 1
         results.close()
 
+    def test_kombu_reply_binding_is_not_a_reply_list(self, server: embedded.Server, client: redis.Redis) -> None:
+        """A control client's reply queue (declared as ``celery inspect`` does, then left by a client that
+        died) is kombu's ``_kombu.binding.reply.celery.pidbox`` set: a binding, not a leaked reply list, so
+        no finding advises a sweep for it and a sweep skips nothing."""
+        app = Celery("control", broker=server.url, set_as_current=False)
+        with app.connection_for_write() as conn:
+            app.control.mailbox(conn).reply_queue(conn.default_channel).declare()
+        assert client.type("_kombu.binding.reply.celery.pidbox") == b"set"
+        _, doc = _json(server.url, "--listen", "0")
+        assert "leaked_pidbox_replies" not in _codes(doc)
+        assert doc["keyspace"]["categories"].get("pidbox_reply", {}).get("keys", 0) == 0
+        report = sweep(client, config.load({"JANITOR_REDIS_URL": server.url}))
+        assert dict(report.skipped) == {}
+
     def test_text_report(self, server: embedded.Server, client: redis.Redis) -> None:
         """The text report has the sections, the keyspace table, the queue and each finding with its fix."""
         demo.fill(client, results=500)

@@ -160,6 +160,14 @@ class TestBrokerFindings:
         assert "visibility_timeout" in found.fix
         assert not findings.running_overdue(Inputs(None, broker=BrokerReport(now=9000.0, visibility_timeout=3600)))
 
+    def test_separator_mismatch_is_an_error_naming_the_setting(self) -> None:
+        report = BrokerReport(now=9000.0, visibility_timeout=3600, foreign_binding="celery::celery")
+        (found,) = findings.separator_mismatch(Inputs(None, broker=report))
+        assert found.severity == "error"
+        assert "'celery::celery'" in found.evidence
+        assert "JANITOR_BROKER_SEP" in found.fix
+        assert not findings.separator_mismatch(Inputs(None, broker=BrokerReport(now=1.0, visibility_timeout=1)))
+
     def test_broker_unavailable_degrades_clearly(self) -> None:
         """When the broker could not be read, one info finding says so instead of made-up numbers."""
         (f,) = findings.broker_unavailable(Inputs(None, broker_error="broker checks unavailable: NOPERM"))

@@ -221,6 +221,8 @@ class BrokerReport:
     orphaned_started: list[tuple[str, str]] = field(default_factory=list)
     workers_alive: int | None = None  # None: no heartbeat listener was given
     leaked_reply_lists: int = 0
+    # A binding member not of the form routing_key<sep>pattern<sep>queue for our sep: the workers use another.
+    foreign_binding: str = ""
     truncated: bool = False
     duration_s: float = 0.0
     tally: scripts.Tally = field(default_factory=scripts.Tally)
@@ -308,6 +310,10 @@ class Sightings:
         return {tag for (tag, _), seen in self.first_seen.items() if report.now - seen >= self.min_gap}
 
 
+class SeparatorMismatch(Exception):
+    """The workers' kombu ``sep`` is not ``JANITOR_BROKER_SEP``: a restore would fill lists no worker reads."""
+
+
 # -- key names -----------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class BrokerKeys:
@@ -369,12 +375,15 @@ class QueueCatalog:
 
     every: float
     names: frozenset[str] = frozenset()
+    foreign_binding: str = ""
     found_at: float = float("-inf")
 
     def get(self, client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport) -> set[str]:
         if report.now - self.found_at >= self.every:
-            self.names = frozenset(_queue_names(client, settings, keys, report))
+            names, self.foreign_binding = _queue_names(client, settings, keys, report)
+            self.names = frozenset(names)
             self.found_at = report.now
+        report.foreign_binding = self.foreign_binding
         return set(self.names)
 
 
@@ -593,7 +602,10 @@ def _hash_orphans(client: redis.Redis, keys: BrokerKeys, settings: Settings, rep
             return
 
 
-def _queue_names(client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport) -> set[str]:
+def _queue_names(
+    client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport
+) -> tuple[set[str], str]:
+    """Queue names bound to any exchange, and the first binding not written with our ``sep`` (or "")."""
     names = {q.strip() for q in settings.queues.split(",") if q.strip()}
     match = _glob_escape(keys.binding("")) + "*"
     cursor = 0
@@ -605,14 +617,17 @@ def _queue_names(client: redis.Redis, settings: Settings, keys: BrokerKeys, repo
         if int(cursor) == 0:
             break
     skip = len(keys.binding(""))
+    foreign = ""
     for key in bindings:
         if _text(key)[skip:] in _NOT_QUEUE_EXCHANGES:
             continue
         for member in _smembers(client, key, report):
+            if not foreign and len(_text(member).split(keys.sep)) != 3:
+                foreign = _text(member)
             queue = _split_binding(member, keys.sep)[2]
             if queue and not queue.endswith(".celery.pidbox") and not queue.startswith("celeryev."):
                 names.add(queue)
-    return names
+    return names, foreign
 
 
 def _queue_depths(client: redis.Redis, keys: BrokerKeys, report: BrokerReport, names: set[str]) -> list[QueueDepth]:
@@ -678,6 +693,12 @@ def restore(
     out.skipped["seen_once"] = len(report.stuck) - len(candidates)
     if not candidates:
         return out
+    if report.foreign_binding:
+        raise SeparatorMismatch(
+            f"the workers' kombu separator is not JANITOR_BROKER_SEP={keys.sep!r}: binding "
+            f"{report.foreign_binding!r} is not routing_key{keys.sep!r}pattern{keys.sep!r}queue; set "
+            "JANITOR_BROKER_SEP to the workers' broker_transport_options['sep'] (kombu's default: '\\x06\\x16')"
+        )
     token = uuid.uuid4().hex
     if not dry_run:
         out.tally.commands["SET"] += 1
@@ -687,6 +708,7 @@ def restore(
             return out
     try:
         tables: dict[str, list[tuple[str, str, str]]] = {}
+        checked: set[str] = set()
         for start in range(0, len(candidates), settings.unacked_page):
             _restore_page(
                 client,
@@ -695,6 +717,7 @@ def restore(
                 candidates[start : start + settings.unacked_page],
                 token=token,
                 tables=tables,
+                checked=checked,
                 out=out,
             )
     finally:
@@ -725,6 +748,7 @@ def _restore_page(
     *,
     token: str,
     tables: dict[str, list[tuple[str, str, str]]],
+    checked: set[str],
     out: RestoreReport,
 ) -> None:
     out.tally.commands["HMGET"] += 1
@@ -744,13 +768,16 @@ def _restore_page(
             out.skipped["unreadable"] += 1
             continue
         queues = _route(client, keys, str(exchange or ""), str(routing_key or ""), tables=tables, tally=out.tally)
+        priority = _priority(entry.get("properties", {}).get("priority"))
+        for queue in queues:
+            _check_priority_list(client, keys, queue, priority, checked=checked, tally=out.tally)
         reason = "expired" if msg.state == "expired" else ("unroutable" if not queues else "")
         home = queues[0] if queues else str(routing_key or exchange or "unroutable")
         if out.dry_run:
             restores = int(count or 0) + 1
             result = "dead" if reason or restores > settings.max_restores else "restored"
         else:
-            targets = [keys.q_for_pri(q, _priority(entry.get("properties", {}).get("priority"))) for q in queues]
+            targets = [keys.q_for_pri(q, priority) for q in queues]
             reply = out.tally.run(
                 client,
                 RESTORE,
@@ -787,6 +814,31 @@ def _restore_page(
             out.skipped[result] += 1
 
 
+def _check_priority_list(
+    client: redis.Redis, keys: BrokerKeys, queue: str, priority: int, *, checked: set[str], tally: scripts.Tally
+) -> None:
+    """Refuse to restore into a priority list that does not exist while the queue has lists named with
+    another separator: the workers' ``sep`` is not ours, and they would never read it."""
+    home = keys.prefix + queue
+    target = keys.q_for_pri(queue, priority)
+    others = [k for k in keys.sublists(queue) if k != home and keys.sep not in k[len(home) :]]
+    if target == home or target in checked or not others:
+        return
+    tally.commands["EXISTS"] += 1 + len(others)
+    pipe = client.pipeline(transaction=False)
+    for key in (target, *others):
+        pipe.exists(key)
+    found, *elsewhere = pipe.execute()
+    if not found and any(elsewhere):
+        named = next(k for k, e in zip(others, elsewhere, strict=True) if e)
+        raise SeparatorMismatch(
+            f"queue {queue!r} has priority lists named like {named!r}, not {target!r}: the workers' kombu separator "
+            f"is not JANITOR_BROKER_SEP={keys.sep!r}; set it to the workers' broker_transport_options['sep'] "
+            "(kombu's default: '\\x06\\x16')"
+        )
+    checked.add(target)
+
+
 def _redelivered(entry: dict[str, Any]) -> str:
     """The message as kombu's ``_do_restore_message`` pushes it back: flagged redelivered."""
     headers = entry.get("headers")
@@ -816,7 +868,8 @@ def _route(
         return [routing_key] if routing_key else []
     if exchange not in tables:
         tally.commands["SMEMBERS"] += 1
-        tables[exchange] = [_split_binding(m, keys.sep) for m in client.smembers(keys.binding(exchange))]
+        members = client.smembers(keys.binding(exchange))
+        tables[exchange] = [_split_binding(m, keys.sep) for m in members]
     queues = []
     for rkey, pattern, queue in tables[exchange]:
         try:
