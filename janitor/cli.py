@@ -197,14 +197,17 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
     from janitor import heartbeats  # noqa: PLC0415 - only this verb pays for it
     from janitor.sweeps import broker  # noqa: PLC0415
 
+    on_broker = settings.for_broker()
+
     def body(client: redis.Redis) -> int:
-        tracker = heartbeats.WorkerTracker()
+        sightings = broker.Sightings(min_gap=max(wait, 0.0))
+        # The first look fails fast on an unreachable server or a wrong password, before any thread starts.
+        sightings.confirm(broker.detect(client, settings, now=time.time()))
+        results = settings.connect(retry=Retry(NoBackoff(), 1)) if settings.broker_apart else None
+        tracker = heartbeats.WorkerTracker().start(on_broker.redis_url, settings)
         try:
-            tracker.start(settings.redis_url, settings)
-            sightings = broker.Sightings(min_gap=max(wait, 0.0))
-            sightings.confirm(broker.detect(client, settings, now=time.time()))
             time.sleep(max(wait, 0.0))
-            second = broker.detect(client, settings, now=time.time(), workers=tracker)
+            second = broker.detect(client, settings, now=time.time(), workers=tracker, results=results)
             confirmed = sightings.confirm(second)
             done = broker.restore(client, settings, second, confirmed=confirmed, dry_run=dry_run)
         finally:
@@ -263,7 +266,8 @@ def _diagnose(settings: config.Settings, *, as_json: bool, sample: int, listen_s
     from janitor import diagnose  # noqa: PLC0415 - only this verb pays for it
 
     def body(client: redis.Redis) -> int:
-        result = diagnose.collect(client, settings, sample=sample, listen_s=listen_s)
+        on_broker = settings.for_broker().connect(retry=Retry(NoBackoff(), 1)) if settings.broker_apart else None
+        result = diagnose.collect(client, settings, sample=sample, listen_s=listen_s, broker_client=on_broker)
         if as_json:
             print(json.dumps(result.as_dict(), indent=2))
         else:

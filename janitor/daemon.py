@@ -156,6 +156,7 @@ class Daemon:
     lease: Lease
     metrics: Metrics
     stop_event: threading.Event = field(default_factory=threading.Event)
+    broker_client: redis.Redis | None = None  # the broker's Redis, when it is not the results'
     health: RedisHealth = field(init=False)
     jobs: BackgroundScheduler = field(init=False)
     book: StatusBook = field(init=False)
@@ -177,7 +178,8 @@ class Daemon:
         # renewal must never wait behind a sweep or outlive the lease it renews.
         lease_client = _client(settings, min(settings.socket_timeout, settings.lease_ttl / 3))
         lease = Lease.for_prefix(lease_client, settings.key_prefix, settings.lease_ttl, cluster=settings.redis_cluster)
-        return cls(settings, client, lease, Metrics(registry or CollectorRegistry()))
+        broker_client = _client(settings.for_broker(), settings.socket_timeout) if settings.broker_apart else None
+        return cls(settings, client, lease, Metrics(registry or CollectorRegistry()), broker_client=broker_client)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -220,7 +222,7 @@ class Daemon:
         # Heartbeats are pub/sub: listening from the start is what lets the
         # broker check tell a dead worker from one we have not heard yet.
         if not s.redis_cluster:
-            self.workers.start(s.redis_url, s)
+            self.workers.start(s.broker_url or s.redis_url, s)
         self.jobs.start()
         keeper = Keeper(self.lease, self.stop_event, self._lease_changed, self._lease_ok, self._lease_failed)
         self._threads = [http_thread, keeper.start()]
@@ -230,6 +232,7 @@ class Daemon:
             "daemon.started",
             version=__version__,
             url=s.masked_url,
+            broker_url=s.masked_broker_url if s.broker_apart else "same",
             url_source=s.redis_url_source,
             http=f"{host}:{port}",
             lease_key=self.lease.key.decode(errors="replace"),
@@ -325,11 +328,18 @@ class Daemon:
             tally = scripts.Tally()
             try:
                 now = self.clock()
+                on = self.broker_client or self.client
                 report = broker.detect(
-                    self.client, self.settings, now=now, workers=self.workers, tally=tally, catalog=self.catalog
+                    on,
+                    self.settings,
+                    now=now,
+                    workers=self.workers,
+                    tally=tally,
+                    catalog=self.catalog,
+                    results=self.client,
                 )
                 confirmed = self.sightings.confirm(report)
-                restored = broker.auto_restore(self.client, self.settings, report, confirmed=confirmed, tally=tally)
+                restored = broker.auto_restore(on, self.settings, report, confirmed=confirmed, tally=tally)
             finally:
                 self.metrics.add_commands(tally.commands)
             if self.lease.held():
@@ -348,7 +358,8 @@ class Daemon:
                 fields["restore"] = restored.as_dict()
             return fields
 
-        self._timed("broker", body)
+        # Reaching a broker that lives elsewhere says nothing of the results' Redis (health, /readyz).
+        self._timed("broker", body, results_server=self.broker_client is None)
 
     def _warn_overdue(self, report: broker.BrokerReport) -> None:
         """One log line per task found running past the visibility timeout (kombu will redeliver it)."""
@@ -386,8 +397,8 @@ class Daemon:
             return
         self.health.ok()
 
-    def _timed(self, name: str, body: Callable[[], dict[str, Any]]) -> None:
-        """Run one job: duration, errors, health, last success, one log line."""
+    def _timed(self, name: str, body: Callable[[], dict[str, Any]], *, results_server: bool = True) -> None:
+        """Run one job: duration, errors, health (of the results' Redis), last success, one log line."""
         started = time.monotonic()
         try:
             fields = body()
@@ -395,7 +406,7 @@ class Daemon:
             label = error_label(exc)
             self.metrics.sweep_errors.labels(name, label).inc()
             detail = connection.describe_error(exc)
-            if label in UNREACHABLE:
+            if label in UNREACHABLE and results_server:
                 self.health.failed(exc)
             if name == "results":
                 self._last_sweep_error = f"{label}: {detail}"
@@ -406,7 +417,8 @@ class Daemon:
             return
         finally:
             self.metrics.sweep_duration.labels(name).observe(time.monotonic() - started)
-        self.health.ok()
+        if results_server:
+            self.health.ok()
         if name == "results":
             self._last_sweep_error = ""
         if fields.get("completed", True):
