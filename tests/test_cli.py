@@ -113,6 +113,12 @@ class TestConfigCommand:
         assert shown["UPSTASH_REDIS_URL"] == "rediss://default:***@x.upstash.io:6379"
         assert "JANITOR_REDIS_URL" not in shown
         assert "tok3n" not in proc.stdout
+        env = {"REDIS_URL": "redis://:r3sults@h:6379/0", "JANITOR_BROKER_URL": "redis://:br0ker@b:6379/1"}
+        proc = _run("config", env=env)
+        shown = json.loads(proc.stdout)
+        assert (shown["REDIS_URL"], shown["JANITOR_BROKER_URL"]) == ("redis://:***@h:6379/0", "redis://:***@b:6379/1")
+        assert "r3sults" not in proc.stdout
+        assert "br0ker" not in proc.stdout
 
     def test_keyed_by_the_variables_to_set(self) -> None:
         """Every key is a variable the user can set, with its typed value; the port under PORT when read from there."""
