@@ -1,8 +1,9 @@
 """The Celery app the broker tests run real workers with (``celery -A tests.broker_app worker``).
 
-Configured from ``BROKER_APP_URL`` (and ``BROKER_APP_BACKEND`` for results kept elsewhere). Workers never restore by themselves during a
-test (``unacked_restore_interval`` of an hour), so whatever comes back to a queue
-was put there by the janitor.
+Configured from ``BROKER_APP_URL`` (and ``BROKER_APP_BACKEND`` for results kept
+elsewhere). Workers never restore by themselves during a test
+(``unacked_restore_interval`` of an hour), so whatever comes back to a queue was
+put there by the janitor.
 """
 
 from __future__ import annotations

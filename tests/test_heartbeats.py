@@ -118,7 +118,7 @@ class TestWorkerTracker:
             thread.join()
         assert "w1@host" in tracker.alive(now=time.time())
         heard = tracker.listened_for()
-        assert 0.4 < heard < 1.0
+        assert 0.4 < heard < 5.0  # 0.5 s asked; the upper bound only leaves room for a loaded machine
         time.sleep(0.1)
         assert tracker.listened_for() == heard
 

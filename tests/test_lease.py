@@ -40,6 +40,18 @@ class TestAcquire:
         assert not b.held()
         assert client.get(b"celery-janitor:lease") == a.fence().token.encode()
 
+    def test_a_follower_looks_again_just_after_the_lease_would_lapse(self, client: redis.Redis) -> None:
+        """A dead leader's lease is taken over at most one TTL after its last renewal: a follower polls
+        no later than 10 ms after the holder's lease expires, and takes it at that poll."""
+        a, b = _lease(client, ttl=30), _lease(client, ttl=30)
+        a.step()
+        client.pexpire(a.key, 1500)  # the leader renewed 28.5 s ago and then died
+        change, delay = b.step()
+        assert change is Change.FOLLOWING
+        assert delay <= 1.5 + 0.01  # not ttl/3 (10 s): what the lease had left, plus 10 ms
+        client.delete(a.key)  # lapsed
+        assert b.step()[0] is Change.ACQUIRED
+
     def test_epoch_counts_acquisitions_only(self, client: redis.Redis) -> None:
         """Followers polling never bump the fencing counter; each acquisition does."""
         a, b = _lease(client), _lease(client)
