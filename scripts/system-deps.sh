@@ -26,10 +26,7 @@ want prometheus prometheus          # the end-to-end scrape of a live daemon
 want chromium chromium chromium-browser  # the status page in a real headless browser
 want openssl openssl                # TLS test certificates
 want shellcheck shellcheck          # this script, .ci/run and the workflows' run: steps
-# `kubectl kustomize` renders deploy/kubernetes. Debian's kubernetes-client is the fallback where
-# kubectl is missing; bookworm's (1.20, kustomize v2) is too old for `patches:` and components:
-# there, install kubectl from the Kubernetes project's apt repository instead.
-want kubernetes-client kubectl
+# kubectl (for `kubectl kustomize`), hadolint and actionlint come from PyPI with the dev extra.
 
 [ ${#packages[@]} -eq 0 ] && exit 0
 

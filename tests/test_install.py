@@ -66,7 +66,6 @@ COMMANDS = {
     "chromium": "chromium",
     "openssl": "openssl",
     "shellcheck": "shellcheck",
-    "kubectl": "kubernetes-client",
 }
 RECORD = '#!/bin/sh\necho "${0##*/} $*" >> "$CALLS"\n'
 
@@ -110,12 +109,12 @@ def test_system_deps_is_silent_when_everything_is_there(tmp_path: Path) -> None:
 
 
 def test_system_deps_installs_what_is_missing_as_root(tmp_path: Path) -> None:
-    rc, err, calls = system_deps(tmp_path, absent={"kubectl", "promtool", "prometheus"}, uid=0, sudo=None)
+    rc, err, calls = system_deps(tmp_path, absent={"promtool", "prometheus", "shellcheck"}, uid=0, sudo=None)
     assert rc == 0, err
-    assert err == "make test: installing prometheus kubernetes-client (apt-get) ...\n"
+    assert err == "make test: installing prometheus shellcheck (apt-get) ...\n"
     assert calls == [
         "apt-get update -qq",
-        "apt-get install -y -qq --no-install-recommends prometheus kubernetes-client",
+        "apt-get install -y -qq --no-install-recommends prometheus shellcheck",
     ]
 
 
