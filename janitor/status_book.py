@@ -90,6 +90,7 @@ class StatusBook:
             return status_page.StatusState(
                 generated_at=_now(),
                 redis_url=self.settings.masked_url,
+                broker_url=self.settings.masked_broker_url if self.settings.broker_apart else "",
                 sweeps=tuple(self.sweeps),
                 census=self.census,
                 census_at=self.census_at,

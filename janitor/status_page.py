@@ -78,6 +78,7 @@ class StatusState:
     generated_at: dt.datetime
     version: str = __version__
     redis_url: str = ""  # masked again here, whatever the caller passes
+    broker_url: str = ""  # the broker's, when it is another server or database (masked again too)
     sweeps: Sequence[SweepRun] = ()  # newest first
     census: Census | None = None
     census_at: dt.datetime | None = None
@@ -170,7 +171,8 @@ def render(state: StatusState) -> bytes:
         "<h1>celery-janitor</h1>",
         _banner(state.banner, state.sweeps, now) if state.banner is not None else "",
         f"<p class=meta>version {_e(state.version)} &middot; {_e(mask_url(state.redis_url) or 'no Redis URL')}"
-        f" &middot; page generated {_e(now.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>",
+        + (f" &middot; broker {_e(mask_url(state.broker_url))}" if state.broker_url else "")
+        + f" &middot; page generated {_e(now.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>",
         *(f"<p class=meta>{_e(n)}</p>" for n in state.notes),
         _findings(state.findings),
         _sweeps(state.sweeps, now),

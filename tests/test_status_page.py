@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import http.server
 import shutil
@@ -121,6 +122,14 @@ class TestRender:
         assert "redis://user:***@redis.internal:6379/0" in page
         assert "<script>" not in page
         assert "&lt;script&gt;" in page
+
+    def test_broker_elsewhere_is_shown_masked(self) -> None:
+        """With the broker on another server, both URLs are on the page, neither with its password."""
+        state = dataclasses.replace(_state(), broker_url="redis://:BrokerSecret@broker.internal:6379/0")
+        page = render(state).decode()
+        assert "broker redis://:***@broker.internal:6379/0" in page
+        assert "BrokerSecret" not in page
+        assert "broker redis" not in render(_state()).decode()
 
     def test_no_script_no_external_assets(self) -> None:
         """No JavaScript and nothing loaded from elsewhere; CSP forbids both."""
