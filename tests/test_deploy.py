@@ -402,7 +402,8 @@ def test_release_build_makes_the_sdist_and_wheel(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "dist"))
+    ignored = [line.rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines() if line.strip()]
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", *ignored))  # what a checkout has
     for line in release_step("build", "Build the sdist and wheel")["run"].splitlines():
         done = run(*shlex.split(line), cwd=source, env=env)
         assert done.returncode == 0, f"{line}:\n{done.stdout}\n{done.stderr}"
