@@ -64,7 +64,7 @@ if not __package__:  # run as a script: make `janitor` and `bench` importable fr
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import bulkgen
-from janitor import config, embedded, scripts
+from janitor import config, embedded, payload, scripts
 from janitor.config import Settings
 from janitor.keyspace import SCAN_MATCH, TASK_PREFIX, Kind, Layout
 from janitor.pacing import Pacer
@@ -396,7 +396,7 @@ def row_pipeline(client: redis.Redis, settings: Settings, now: dt.datetime) -> W
             return work
 
 
-def _inspected(reply: list[Any], settings: Settings) -> tuple[str, int, bytes | int | None]:
+def _inspected(reply: list[Any], settings: Settings) -> tuple[str, int, bytes | payload.Edges | None]:
     """TYPE/PTTL/GET replies as INSPECT would have returned them."""
     rtype, pttl, value = reply
     rtype = rtype.decode() if isinstance(rtype, bytes) else str(rtype)
@@ -404,7 +404,7 @@ def _inspected(reply: list[Any], settings: Settings) -> tuple[str, int, bytes | 
     if pttl != -1 or not isinstance(value, bytes):
         value = None
     elif len(value) > settings.max_value_bytes:
-        value = len(value)
+        return rtype, pttl, payload.Edges(len(value), value[: payload.EDGE_BYTES], value[-payload.EDGE_BYTES :])
     return rtype, pttl, value
 
 

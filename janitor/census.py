@@ -68,6 +68,19 @@ class Census:
     result_age: collections.Counter[str] = field(default_factory=collections.Counter)  # finished results
     result_ttl: collections.Counter[str] = field(default_factory=collections.Counter)  # all task results
     oldest_result_age_s: float | None = None
+    # Result keys without a TTL the sweep skips, so they stay forever, with their value bytes:
+    # too large to judge from their edges (not JSON as Celery writes it) ...
+    unjudged: int = 0
+    unjudged_bytes: int = 0
+    # ... and finished later than JANITOR_FUTURE_TOLERANCE from now.
+    future: int = 0
+    future_bytes: int = 0
+    future_max_s: float | None = None  # how far the furthest one lies ahead
+    # Naive date_done values (read in JANITOR_NAIVE_TIMEZONE) ahead of now, with or without a TTL:
+    # an app writing naive local time east of that zone (see findings.naive_local_time).
+    naive_ahead: int = 0
+    naive_ahead_max_s: float | None = None
+    naive_zone: str = "UTC"  # JANITOR_NAIVE_TIMEZONE, that the above is relative to
     memory_usage: bool = True  # False when the server refused MEMORY USAGE (sizes unknown)
     completed: bool = True
     duration_s: float = 0.0
@@ -109,6 +122,17 @@ class Census:
             "result_age": {label: self.result_age[label] for label, _ in AGE_BUCKETS},
             "result_ttl": {label: self.result_ttl[label] for label in [NO_TTL, *(b for b, _ in TTL_BUCKETS)]},
             "oldest_result_age_s": None if self.oldest_result_age_s is None else round(self.oldest_result_age_s),
+            "unjudged_results": {"keys": self.unjudged, "bytes": self.unjudged_bytes},
+            "future_results": {
+                "keys": self.future,
+                "bytes": self.future_bytes,
+                "max_ahead_s": _round(self.future_max_s),
+            },
+            "naive_ahead": {
+                "keys": self.naive_ahead,
+                "max_ahead_s": _round(self.naive_ahead_max_s),
+                "naive_timezone": self.naive_zone,
+            },
             "memory_usage_sampled": self.memory_usage,
             "duration_s": round(self.duration_s, 3),
             "commands": dict(self.tally.commands),
@@ -132,7 +156,8 @@ def take(
     ``completed`` is False when ``should_stop()`` ended it part-way.
     """
     started = time.monotonic()
-    walk = _Walk(client, settings, Census(tally=tally or scripts.Tally()), sample, now or dt.datetime.now(dt.UTC))
+    seen = Census(tally=tally or scripts.Tally(), naive_zone=settings.naive_timezone)
+    walk = _Walk(client, settings, seen, sample, now or dt.datetime.now(dt.UTC))
     cursor = 0
     while True:
         cursor, keys = walk.census.tally.scan(client, cursor, match, settings.scan_count)
@@ -173,7 +198,7 @@ class _Walk:
 
     def page(self, keys: list[bytes]) -> None:
         to_sample = _Sample(self.census, self.sample)
-        args = [self.settings.max_value_bytes, self.settings.batch_bytes, 1]
+        args = [self.settings.max_value_bytes, self.settings.batch_bytes, 1, payload.EDGE_BYTES]
         while keys:
             rows = self.census.tally.run(self.client, scripts.INSPECT, keys, args)
             for key, (rtype, pttl, value) in zip(keys, rows, strict=False):
@@ -189,7 +214,7 @@ class _Walk:
         self.census.total += 1
         (self.census.with_ttl if has_ttl else self.census.without_ttl)[cat] += 1
 
-    def categorise(self, key: bytes, rtype: str, pttl: int, value: bytes | int | None) -> str | None:
+    def categorise(self, key: bytes, rtype: str, pttl: int, value: Any) -> str | None:
         if rtype == "none":
             return None  # expired or deleted between SCAN and INSPECT
         kind, _ = self.layout.classify(key)
@@ -201,19 +226,39 @@ class _Walk:
             return str(kind)
         return self.broker_or_other(key, rtype, pttl)
 
-    def task(self, value: bytes | int | None, pttl: int) -> str:
-        self.census.result_ttl[NO_TTL if pttl < 0 else bucket(pttl / 1000, TTL_BUCKETS)] += 1
-        if not isinstance(value, bytes):
-            return "task:unreadable"
+    def task(self, value: Any, pttl: int) -> str:
+        c = self.census
+        c.result_ttl[NO_TTL if pttl < 0 else bucket(pttl / 1000, TTL_BUCKETS)] += 1
+        naive = self.settings.naive_zone
         try:
-            meta = payload.result_meta(value, max_bytes=self.settings.max_value_bytes)
+            if isinstance(value, list):  # too large to read whole: judged from its edges, as the sweep does
+                edges = payload.Edges.of(value)
+                size = edges.size
+                try:
+                    meta = payload.edge_result_meta(edges, naive=naive)
+                except payload.PayloadError:
+                    if pttl < 0:
+                        c.unjudged, c.unjudged_bytes = c.unjudged + 1, c.unjudged_bytes + size
+                    raise
+            elif isinstance(value, bytes):
+                size = len(value)
+                meta = payload.result_meta(value, max_bytes=self.settings.max_value_bytes, naive=naive)
+            else:
+                return "task:unreadable"
         except payload.PayloadError:
             return "task:unreadable"
         if meta.date_done is not None:
-            age = max(0.0, (self.now - meta.date_done).total_seconds())
-            self.census.result_age[bucket(age, AGE_BUCKETS)] += 1
-            oldest = self.census.oldest_result_age_s
-            self.census.oldest_result_age_s = age if oldest is None else max(oldest, age)
+            ahead = (meta.date_done - self.now).total_seconds()
+            if meta.naive and ahead > 0:
+                c.naive_ahead += 1
+                c.naive_ahead_max_s = max(ahead, c.naive_ahead_max_s or 0.0)
+            if pttl < 0 and ahead > self.settings.future_tolerance:
+                c.future, c.future_bytes = c.future + 1, c.future_bytes + size
+                c.future_max_s = max(ahead, c.future_max_s or 0.0)
+            age = max(0.0, -ahead)
+            c.result_age[bucket(age, AGE_BUCKETS)] += 1
+            oldest = c.oldest_result_age_s
+            c.oldest_result_age_s = age if oldest is None else max(oldest, age)
         return f"task:{meta.status}"
 
     def broker_or_other(self, key: bytes, rtype: str, pttl: int) -> str | None:
@@ -295,6 +340,10 @@ def _queue_name(name: bytes, sep: bytes) -> bytes:
         if found and step.isdigit():
             return base
     return name
+
+
+def _round(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds)
 
 
 def _text(value: bytes | str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
+import zoneinfo
 from collections.abc import Mapping
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -60,6 +62,8 @@ class Settings(BaseSettings):
     reply_ttl: Seconds = 300
     cap_ttl: bool = False
     future_tolerance: Annotated[int, Field(ge=0)] = 300
+    # IANA zone a date_done with no UTC offset is written in (stock Celery <= 5.3: UTC).
+    naive_timezone: str = "UTC"
     scan_count: Annotated[int, Field(ge=10, le=100_000)] = 1000
     batch_bytes: Annotated[int, Field(ge=64 * 1024, le=512 * 1024 * 1024)] = 4 * 1024 * 1024
     max_value_bytes: Annotated[int, Field(ge=1024, le=512 * 1024 * 1024)] = 1024 * 1024
@@ -116,6 +120,20 @@ class Settings(BaseSettings):
     status_page: bool = True
     status_token: str = Field(default="", repr=False, exclude=True)
     # end status
+
+    @field_validator("naive_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value.strip())
+        except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+            raise ValueError("not an IANA time zone name (e.g. UTC, Europe/Berlin, Asia/Shanghai)") from None
+        return value.strip()
+
+    @property
+    def naive_zone(self) -> dt.tzinfo:
+        """The zone naive date_done values are read in."""
+        return dt.UTC if self.naive_timezone == "UTC" else zoneinfo.ZoneInfo(self.naive_timezone)
 
     @field_validator("log_level")
     @classmethod

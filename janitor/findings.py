@@ -272,6 +272,88 @@ def unreadable_results(i: Inputs) -> list[Finding]:
     ]
 
 
+def large_results(i: Inputs) -> list[Finding]:
+    c = i.census
+    if c is None or not c.unjudged:
+        return []
+    return [
+        Finding(
+            "warning",
+            "large_results_unreadable",
+            f"{c.unjudged:,} result keys holding {size(c.unjudged_bytes)} have no TTL and cannot be read safely",
+            f"{c.unjudged:,} celery-task-meta-* values over JANITOR_MAX_VALUE_BYTES ({size(c.unjudged_bytes)} in all) "
+            "are not JSON as Celery writes it (pickle, msgpack, YAML, compressed, or date_done further than 4 KiB "
+            "from the end): the janitor reads only their first and last 4 KiB, so it never touches them",
+            "set `result_expires` in your Celery config so new results expire; for these, raise "
+            "JANITOR_MAX_VALUE_BYTES above their size (each is then read whole, that much memory per key), or give "
+            "them a TTL by hand (Redis 7+): `redis-cli --scan --pattern '*celery-task-meta-*' | while read -r k; do "
+            '[ "$(redis-cli STRLEN "$k")" -gt 1048576 ] && redis-cli EXPIRE "$k" 86400 NX; done`',
+        )
+    ]
+
+
+def _naive_offset(c: Census) -> int | None:
+    """The zone offset (seconds, a whole number of half hours) naive dates are written in, relative to
+    JANITOR_NAIVE_TIMEZONE: the furthest lead of a naive date over now, just short of a half-hour step
+    (the newest result of an active app is minutes old). None when the leads fit no zone."""
+    lead = c.naive_ahead_max_s
+    if lead is None or lead < 20 * 60:
+        return None
+    offset = -(-round(lead) // 1800) * 1800
+    return offset if offset - lead <= 15 * 60 and offset <= 14 * 3600 else None
+
+
+def _utc_offset(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"UTC+{hours}" + (f":{rest // 60:02d}" if rest else "")
+
+
+def naive_local_time(i: Inputs) -> list[Finding]:
+    c = i.census
+    offset = _naive_offset(c) if c is not None else None
+    if c is None or offset is None:
+        return []
+    zone = _utc_offset(offset) if c.naive_zone == "UTC" else f"{duration(offset)} ahead of {c.naive_zone}"
+    return [
+        Finding(
+            "warning",
+            "naive_local_time",
+            f"results are dated in local time {zone}; set JANITOR_NAIVE_TIMEZONE",
+            f"{c.naive_ahead:,} results have a date_done with no UTC offset up to {duration(c.naive_ahead_max_s)} "
+            f"ahead of now, read as {c.naive_zone}: the app writes naive local time (it replaced app.now, as Django "
+            "projects with USE_TZ=False do), so the janitor keeps its results that much longer and skips the "
+            "newest as dated in the future",
+            "set JANITOR_NAIVE_TIMEZONE to the app's time zone (Django's TIME_ZONE, an IANA name such as "
+            "Asia/Shanghai for UTC+8); zones west of UTC cannot be seen this way: their results look older",
+        )
+    ]
+
+
+def future_results(i: Inputs) -> list[Finding]:
+    c = i.census
+    if c is None or not c.future:
+        return []
+    naive = _naive_offset(c) is not None
+    cause = (
+        "naive local time read as " + c.naive_zone + " (see the finding above)"
+        if naive
+        else "a worker clock running ahead (NTP), an app that replaced app.now, or dates not written by Celery"
+    )
+    return [
+        Finding(
+            "warning",
+            "future_results",
+            f"{c.future:,} results without a TTL are dated in the future: {size(c.future_bytes)} the sweep skips",
+            f"{c.future:,} celery-task-meta-* keys have a date_done up to {duration(c.future_max_s)} ahead of now, "
+            f"beyond JANITOR_FUTURE_TOLERANCE; they hold {size(c.future_bytes)} of values and get no TTL until now "
+            f"passes their date; likely cause: {cause}",
+            "set JANITOR_NAIVE_TIMEZONE if the dates are naive local time; fix the workers' clocks; raise "
+            "JANITOR_FUTURE_TOLERANCE to cover a known skew; or give them a TTL by hand "
+            "(`redis-cli EXPIRE <key> 86400 NX`)",
+        )
+    ]
+
+
 def pidbox_replies(i: Inputs) -> list[Finding]:
     c = i.census
     in_census = c.without_ttl["pidbox_reply"] if c is not None else 0
@@ -505,6 +587,9 @@ CHECKS: tuple[Callable[[Inputs], list[Finding]], ...] = (
     results_without_ttl,
     groups_without_ttl,
     unreadable_results,
+    large_results,
+    naive_local_time,
+    future_results,
     pidbox_replies,
     rpc_replies,
     beat,

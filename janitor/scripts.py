@@ -20,16 +20,19 @@ from typing import Any
 import redis
 
 # KEYS: the batch. ARGV[1]: largest value to return; ARGV[2]: byte budget for the
-# reply; ARGV[3]: '1' to read keys that already have a TTL (cap mode, census).
-# Returns {type, pttl, value | size | false} per key, stopping early (a prefix of
-# KEYS) once the budget is spent, so no reply is unbounded. A key with a TTL is
-# only PTTL'd (type ''): the sweep leaves it alone, so one call is all it costs.
+# reply; ARGV[3]: '1' to read keys that already have a TTL (cap mode, census);
+# ARGV[4]: bytes of a larger value's head and tail to return.
+# Returns {type, pttl, value | {size, head, tail} | false} per key, stopping early (a
+# prefix of KEYS) once the budget is spent, so no reply is unbounded. A key with a TTL
+# is only PTTL'd (type ''): the sweep leaves it alone, so one call is all it costs.
 # GETRANGE under pcall reads a string and learns its type in one call; it returns
-# at most max+1 bytes, so a huge value is measured (STRLEN), never shipped.
+# at most max+1 bytes, so a huge value is measured (STRLEN) and only its edges shipped
+# (GETRANGE; janitor.payload.edge_result_meta judges them), never read whole.
 INSPECT = """
 local max_value = tonumber(ARGV[1])
 local budget = tonumber(ARGV[2])
 local all_keys = ARGV[3] == '1'
+local edge = tonumber(ARGV[4])
 local out = {}
 for i = 1, #KEYS do
   local k = KEYS[i]
@@ -41,11 +44,15 @@ for i = 1, #KEYS do
     v = redis.pcall('GETRANGE', k, 0, max_value)
     if type(v) == 'table' then
       t, v = redis.call('TYPE', k)['ok'], false
-    elseif #v > max_value then
-      t, v = 'string', redis.call('STRLEN', k)
     else
-      if #v > budget and i > 1 then break end
-      t, budget = 'string', budget - #v
+      local n = #v
+      if n > max_value then
+        n = redis.call('STRLEN', k)
+        v = {n, string.sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
+        n = #v[2] + #v[3]
+      end
+      if n > budget and i > 1 then break end
+      t, budget = 'string', budget - n
     end
   end
   out[i] = {t, pttl, v}
@@ -56,8 +63,11 @@ return out
 # KEYS[1]: fence key, KEYS[2..]: targets. ARGV[1]: expected fence token ('' = none);
 # then per target: op, milliseconds, guard. Ops: 'x' set a TTL on a key that has
 # none, 'c' shorten a longer TTL, 'd' unlink a key with no TTL, 'D' unlink
-# regardless of TTL. Guards, checked inside this atomic call: 'S<sha1>' the value
-# INSPECT read is unchanged (deletes: losing a fresh rewrite would be data loss);
+# regardless of TTL. Guards, checked inside this atomic call: 'S<length>:<sha1>' the
+# value INSPECT read is unchanged (deletes: losing a fresh rewrite would be data loss;
+# the length first, so a value rewritten larger meanwhile is never read whole);
+# 'E<length>:<h>:<t>:<sha1>' for a value too large to read whole, its length and the
+# digest of its first h and last t bytes (what the decision was taken on) are unchanged;
 # 'L<n>' its length is unchanged (TTLs: O(1), and the TTL check already catches
 # Celery's SETEX rewrites); '' none (non-string keys). Returns 1/0 per target:
 # applied, or left alone because it changed.
@@ -74,11 +84,24 @@ for i = 2, #KEYS do
   local ok = pttl ~= -2
   local g = string.sub(guard, 1, 1)
   if ok and g == 'S' then
-    local v = redis.pcall('GET', k)
-    ok = type(v) == 'string' and redis.sha1hex(v) == string.sub(guard, 2)
+    local size, sum = string.match(guard, '^S(%d+):(%x+)$')
+    local n = redis.pcall('STRLEN', k)
+    ok = type(n) == 'number' and n == tonumber(size)
+    if ok then
+      ok = redis.sha1hex(redis.call('GET', k)) == sum
+    end
   elseif ok and g == 'L' then
     local n = redis.pcall('STRLEN', k)
     ok = type(n) == 'number' and n == tonumber(string.sub(guard, 2))
+  elseif ok and g == 'E' then
+    local size, h, t, sum = string.match(guard, '^E(%d+):(%d+):(%d+):(%x+)$')
+    local n = redis.pcall('STRLEN', k)
+    size, h, t = tonumber(size), tonumber(h), tonumber(t)
+    ok = type(n) == 'number' and n == size and h > 0 and t > 0 and t <= n
+    if ok then
+      local read = redis.call('GETRANGE', k, 0, h - 1) .. redis.call('GETRANGE', k, n - t, n - 1)
+      ok = redis.sha1hex(read) == sum
+    end
   end
   if ok then
     if op == 'x' and pttl == -1 then
@@ -105,13 +128,15 @@ return done
 # KEYS[1]: fence key. ARGV: cursor | '', SCAN COUNT, SCAN MATCH, most keys to look
 # at (the rest are handed back, code 8), fence token ('' = none), '1' dry run, now
 # (us since the epoch), result/failure/pending TTL (ms), future tolerance (us),
-# largest value to read, task and group key prefixes, reply byte budget.
+# largest value to read, task and group key prefixes, reply byte budget, '1' when a
+# naive date_done is UTC (JANITOR_NAIVE_TIMEZONE; otherwise naive dates go to Python),
+# bytes of a too-large value's head and tail to return.
 # Returns {next cursor | '', keys scanned, Celery keys it judged, TTLs set, keys
 # deleted, bytes deleted}, then key, code, detail for each key it hands back:
 # 7, pttl: a key under neither prefix, or a Celery name it is unsure of that has a TTL
 # (janitor.keyspace.Layout judges the name); a key with no TTL under a prefix that
 # it is not certain about, with what INSPECT would have read: 3, type (not a
-# string); 5, size (a string too large to read); 6, value; 4, 0 the reply's byte
+# string); 5, {size, head, tail} (a string too large to read whole); 6, value; 4, 0 the reply's byte
 # budget is spent (INSPECT it); 8, 0 over the limit. A dry run also lists what it
 # would do per key: 1, ms TTL; 2, bytes delete (tests/test_decide_script.py).
 # "Certain" is narrow on purpose: printable ASCII, strict JSON numbers, shallow
@@ -122,6 +147,7 @@ local cursor, token, dry = ARGV[1], ARGV[5], ARGV[6] == '1'
 local now, rttl, fttl, pending = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local tol, maxv, tp, gp, budget = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13], ARGV[14], tonumber(ARGV[15])
 local tn, gn = #tp, #gp
+local naive_utc, edge = ARGV[16] == '1', tonumber(ARGV[17])
 if not dry and token ~= '' and redis.call('GET', KEYS[1]) ~= token then
   return redis.error_reply('FENCED lease lost before this batch')
 end
@@ -158,6 +184,7 @@ local function parse(s)
   elseif byte(s, 20) == 46 then
     return nil
   end
+  if rest == '' and not naive_utc then return nil end
   if rest ~= '' and rest ~= 'Z' and rest ~= '+00:00' then
     local sign, oh, om = match(rest, '^([+-])(%d%d):(%d%d)$')
     if not sign or tonum(oh) > 23 or tonum(om) > 59 then return nil end
@@ -255,7 +282,8 @@ for i = first, #keys do
       if type(v) ~= 'string' then
         code, x = 3, redis.call('TYPE', k)['ok']
       elseif #v > maxv then
-        code, x = 5, redis.call('STRLEN', k)
+        local n = redis.call('STRLEN', k)
+        code, x = 5, {n, sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
       elseif task and certain(v) then
         code, x = rule(k, at, v)
       end
@@ -268,6 +296,13 @@ for i = first, #keys do
           redis.call('PEXPIRE', k, x)
         end
         if code == 2 then deleted, freed = deleted + 1, freed + x else set = set + 1 end
+      elseif code == 5 then
+        if #x[2] + #x[3] <= budget or #out == 6 then
+          hand(k, code, x)
+          budget = budget - #x[2] - #x[3]
+        else
+          hand(k, 4, 0)
+        end
       elseif code then
         hand(k, code, x)
       elseif #v <= budget or #out == 6 then

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
@@ -156,6 +157,8 @@ def batches(draw: st.DrawFn) -> tuple[config.Settings, list[tuple[bytes, bytes]]
         "JANITOR_PENDING_TTL": str(draw(st.integers(1, 30 * 86400))),
         "JANITOR_FUTURE_TOLERANCE": str(draw(st.integers(0, 86400))),
         "JANITOR_KEY_PREFIX": prefix,
+        # Naive dates: DECIDE reads them only as UTC; in any other zone it hands them to Python.
+        "JANITOR_NAIVE_TIMEZONE": draw(st.sampled_from(["UTC", "UTC", "Asia/Shanghai", "America/New_York", "Etc/UTC"])),
     }
     settings = config.load({"JANITOR_REDIS_URL": "redis://127.0.0.1:1/0", **ttls})
     task_prefix = Layout.for_prefixes(prefix).task_prefix
@@ -243,3 +246,33 @@ def test_decide_script_acts_on_what_celery_writes(client: redis.Redis, settings:
     rows = _run(client, settings, items)
     assert [value for (_key, value), row in zip(items, rows, strict=True) if row[0] not in {1, 2}] == []
     assert {row[0] for row in rows} == {1, 2}
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "America/New_York", "Asia/Kolkata"])
+def test_naive_dates_outside_utc_are_decided_in_python(client: redis.Redis, zone: str) -> None:
+    """With JANITOR_NAIVE_TIMEZONE other than UTC, DECIDE hands naive dates back and acts on the others;
+    Python reads the naive ones as wall-clock time there, DST included."""
+    settings = config.load({"JANITOR_REDIS_URL": "redis://127.0.0.1:1/0", "JANITOR_NAIVE_TIMEZONE": zone})
+    items, naive = [], set()
+    for i, days in enumerate([0.2, 0.9, 1.1, 3, 150, 200]):  # spans a DST change in New York
+        done = NOW - dt.timedelta(days=days)
+        for aware in (False, True):
+            ident = str(uuid.uuid4())
+            text = done.isoformat() if aware else done.astimezone(ZoneInfo(zone)).replace(tzinfo=None).isoformat()
+            meta = {"status": "SUCCESS", "result": i, "traceback": None, "children": [], "date_done": text}
+            key = f"celery-task-meta-{ident}".encode()
+            items.append((key, json.dumps(meta | {"task_id": ident}).encode()))
+            if not aware:
+                naive.add(key)
+    rows = _run(client, settings, items)
+    for (key, value), row in zip(items, rows, strict=True):
+        assert (row[0] == 6) == (key in naive), (value, row)
+        if key in naive:
+            action = decide(Kind.TASK, key[17:], "string", -1, value, now=NOW, settings=settings)
+            done = dt.datetime.fromisoformat(json.loads(value)["date_done"]).replace(tzinfo=ZoneInfo(zone))
+            left_ms = (settings.result_ttl * 1_000_000 - (NOW - done) // dt.timedelta(microseconds=1)) // 1000
+            assert action == (
+                Action("x", left_ms, f"L{len(value)}", Kind.TASK, len(value))
+                if left_ms > 0
+                else Action("d", 0, f"S{len(value)}:{scripts.sha1(value)}", Kind.TASK, len(value))
+            )

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from janitor import config
+from janitor import config, payload
 from janitor.demo import task_meta
 from janitor.keyspace import Kind
 from janitor.scripts import sha1
-from janitor.sweeps.rules import Action, Skip, decide
+from janitor.sweeps.rules import CAP_SLACK_MS, Action, Skip, decide
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 S = config.load({})
@@ -24,7 +24,12 @@ def _task(status: str, age_s: float | None, task_id: str = "t1") -> bytes:
 
 
 def _decide(
-    kind: Kind, value: bytes | int | None, *, pttl: int = -1, rtype: str = "string", settings: config.Settings = S
+    kind: Kind,
+    value: bytes | payload.Edges | None,
+    *,
+    pttl: int = -1,
+    rtype: str = "string",
+    settings: config.Settings = S,
 ) -> object:
     return decide(kind, b"t1", rtype, pttl, value, now=NOW, settings=settings)
 
@@ -40,7 +45,7 @@ class TestReadyResults:
     def test_past_retention_is_deleted(self, status: str, age: int) -> None:
         """A ready result older than its retention is deleted, guarded by the value it was judged on."""
         value = _task(status, age)
-        assert _decide(Kind.TASK, value) == Action("d", 0, f"S{sha1(value)}", Kind.TASK, len(value))
+        assert _decide(Kind.TASK, value) == Action("d", 0, f"S{len(value)}:{sha1(value)}", Kind.TASK, len(value))
 
     def test_failure_between_retentions_is_kept(self) -> None:
         """A 3-day-old FAILURE outlives SUCCESS retention: it gets a TTL, not deleted."""
@@ -66,7 +71,8 @@ class TestReadyResults:
 
     def test_future_date_is_skipped(self) -> None:
         """A date_done far in the future (clock skew, corruption) is skipped rather than trusted."""
-        assert _decide(Kind.TASK, _task("SUCCESS", -DAY)) == Skip("future_date_done")
+        value = _task("SUCCESS", -DAY)
+        assert _decide(Kind.TASK, value) == Skip("future_date_done", len(value))
 
     def test_small_clock_skew_is_tolerated(self) -> None:
         """A date_done a minute ahead (worker clock skew) still gets the full retention, never more."""
@@ -116,7 +122,7 @@ class TestOtherKinds:
         ("kind", "rtype", "value", "reason"),
         [
             (Kind.TASK, "hash", None, "wrong_type"),
-            (Kind.TASK, "string", 5_000_000, "too_large"),
+            (Kind.TASK, "string", payload.Edges(5_000_000, b"\x80\x04", b"."), "too_large"),
             (Kind.TASK, "string", b"{nope", "bad_json"),
             (Kind.GROUP, "string", b'{"status": "x"}', "not_a_group"),
             (Kind.CHORD_SIZE, "string", b"three", "bad_chord_counter"),
@@ -125,12 +131,53 @@ class TestOtherKinds:
         ],
     )
     def test_odd_keys_are_skipped_with_reason(
-        self, kind: Kind, rtype: str, value: bytes | int | None, reason: str
+        self, kind: Kind, rtype: str, value: bytes | payload.Edges | None, reason: str
     ) -> None:
         """Anything under a Celery name that does not look like Celery wrote it is skipped, by reason."""
-        assert _decide(kind, value, rtype=rtype) == Skip(reason)
+        size = value.size if isinstance(value, payload.Edges) else 0
+        assert _decide(kind, value, rtype=rtype) == Skip(reason, size)
 
     def test_vanished_and_foreign_keys_are_ignored(self) -> None:
         """A key deleted since SCAN, or not Celery's, yields no decision at all."""
         assert _decide(Kind.TASK, None, pttl=-2, rtype="none") is None
         assert _decide(Kind.OTHER, b"x") is None
+
+
+class TestNaiveTimezone:
+    @pytest.mark.parametrize(
+        ("zone", "naive", "utc"),
+        [
+            ("UTC", "2026-11-22T10:00:00", "2026-11-22T10:00:00"),
+            ("Asia/Shanghai", "2026-11-22T18:00:00", "2026-11-22T10:00:00"),
+            ("America/New_York", "2026-11-22T05:00:00", "2026-11-22T10:00:00"),  # EST, UTC-5
+            ("America/New_York", "2026-07-01T06:00:00", "2026-07-01T10:00:00"),  # EDT, UTC-4
+            ("Asia/Kolkata", "2026-11-22T15:30:00", "2026-11-22T10:00:00"),
+        ],
+    )
+    def test_naive_date_done_is_wall_clock_time_in_the_zone(self, zone: str, naive: str, utc: str) -> None:
+        """JANITOR_NAIVE_TIMEZONE: a date_done without an offset is read in that zone, DST included."""
+        settings = config.load({"JANITOR_NAIVE_TIMEZONE": zone, "JANITOR_FAILURE_TTL": str(200 * DAY)})
+        meta = task_meta("t1", "FAILURE", None) | {"date_done": naive}
+        value = json.dumps(meta).encode()
+        action = _decide(Kind.TASK, value, settings=settings)
+        age = NOW - dt.datetime.fromisoformat(utc).replace(tzinfo=dt.UTC)
+        assert isinstance(action, Action)
+        assert action.ms == (200 * DAY - age.total_seconds()) * 1000
+
+    def test_a_bad_zone_is_one_clear_config_error(self) -> None:
+        """A name zoneinfo does not know stops start-up with one line naming the setting."""
+        with pytest.raises(config.ConfigError, match=r"^invalid setting JANITOR_NAIVE_TIMEZONE='UTC\+8': .*IANA"):
+            config.load({"JANITOR_NAIVE_TIMEZONE": "UTC+8"})
+
+
+class TestCapSlack:
+    def test_a_ttl_just_above_the_rules_is_left_alone(self) -> None:
+        """Cap mode shortens a TTL only past CAP_SLACK_MS over the rule's: what a previous pass set
+        lands a few milliseconds late, and must not be shortened again on every pass."""
+        capped = config.load({"JANITOR_CAP_TTL": "true"})
+        value = _task("SUCCESS", 3600)
+        target = (DAY - 3600) * 1000
+        assert _decide(Kind.TASK, value, pttl=target + CAP_SLACK_MS, settings=capped) is None
+        action = _decide(Kind.TASK, value, pttl=target + CAP_SLACK_MS + 1, settings=capped)
+        assert isinstance(action, Action)
+        assert (action.op, action.ms) == ("c", target)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from janitor import config, demo, scripts
-from janitor.sweeps.results import Fence, sweep
+from janitor.sweeps.results import Fence, SweepReport, sweep
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -48,6 +48,41 @@ class TestDryRun:
         assert sum(real.ttl_applied.values()) > 0
 
 
+class TestCapMode:
+    def test_a_second_pass_changes_nothing_and_dry_runs_predict(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """Cap mode shortens long TTLs once: a second pass over the unchanged keyspace shortens none,
+        and a dry run before each pass counts exactly what the real pass then does.
+
+        A TTL computed from date_done lands as late as ACT runs after the clock was read; the
+        first pass's clock here reads 50 ms behind, as on a loaded machine, which the next pass
+        must not take for a TTL longer than the rule's."""
+        for i in range(400):
+            status = "FAILURE" if i % 2 else "SUCCESS"
+            key = _result(client, f"c{i}", status, age_days=(i % 40) / 4)  # 0 to 9.75 days: some past retention
+            client.pexpire(key, 30 * 86400 * 1000 + i)
+        capped = settings.model_copy(update={"cap_ttl": True})
+
+        def lagging() -> dt.datetime:
+            return dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=50)
+
+        def counts(report: SweepReport) -> tuple[object, ...]:
+            return report.ttl_capped, report.ttl_applied, report.deleted, report.skipped, report.raced
+
+        dry = sweep(client, capped, dry_run=True, clock=lagging)
+        first = sweep(client, capped, clock=lagging)
+        assert counts(dry) == counts(first)
+        assert first.ttl_capped["task"] > 0
+        assert first.deleted["task"] > 0
+        assert first.raced == 0
+        before = _snapshot(client)
+        dry_again = sweep(client, capped, dry_run=True)
+        second = sweep(client, capped)
+        assert counts(dry_again) == counts(second) == ({}, {}, {}, {}, 0)
+        _assert_unchanged(before, client)
+
+
 class TestGuards:
     def test_a_result_rewritten_after_inspection_is_not_deleted(self, client: redis.Redis) -> None:
         """ACT re-checks the value: a key Celery rewrote since INSPECT read it is left alone."""
@@ -55,7 +90,9 @@ class TestGuards:
         seen = client.get(key)
         assert seen is not None
         client.set(key, json.dumps(demo.task_meta("t1", "SUCCESS", NOW)))
-        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "d", 0, "S" + scripts.sha1(seen)])
+        applied = scripts.Tally().run(
+            client, scripts.ACT, [b"fence", key], ["", "d", 0, f"S{len(seen)}:{scripts.sha1(seen)}"]
+        )
         assert applied == [0]
         assert client.exists(key)
 

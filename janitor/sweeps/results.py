@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from janitor import scripts
+from janitor import payload, scripts
 from janitor.config import Settings
 from janitor.keyspace import SCAN_MATCH, Kind, Layout
 from janitor.pacing import Pacer
@@ -30,9 +30,9 @@ from janitor.sweeps.rules import Action, Skip, decide
 FENCE_NONE = b"celery-janitor:no-fence"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # DECIDE's codes for a key it left to Python -> (type, value) as INSPECT reads them.
-READ: dict[int, Callable[[Any], tuple[bytes | str, bytes | int | None]]] = {
+READ: dict[int, Callable[[Any], tuple[bytes | str, bytes | payload.Edges | None]]] = {
     3: lambda rtype: (rtype, None),
-    5: lambda size: ("string", size),
+    5: lambda edges: ("string", payload.Edges.of(edges)),
     6: lambda value: ("string", value),
 }
 SPARSE = 100  # DECIDE's SCAN COUNT goes up to this many times scan_count, paced by time
@@ -54,6 +54,8 @@ class SweepReport:
     ttl_capped: collections.Counter[str] = field(default_factory=collections.Counter)
     deleted: collections.Counter[str] = field(default_factory=collections.Counter)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
+    # value bytes of skipped keys that stay in Redis: too large to judge, dated in the future
+    skipped_bytes: collections.Counter[str] = field(default_factory=collections.Counter)
     raced: int = 0
     unfenced: int = 0  # cluster: batches outside the lease key's slot (see _Pass._fenced)
     bytes_deleted: int = 0
@@ -77,6 +79,7 @@ class SweepReport:
             "ttl_capped": _plain(self.ttl_capped),
             "deleted": _plain(self.deleted),
             "skipped": _plain(self.skipped),
+            "skipped_bytes": _plain(self.skipped_bytes),
             "raced": self.raced,
             "bytes_deleted": self.bytes_deleted,
             "batches": self.batches,
@@ -247,7 +250,7 @@ class _Pass:
         args = [cursor, size, SCAN_MATCH, limit, current.token, int(self.report.dry_run)]
         args += [(now - EPOCH) // rules.MICROSECOND, s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000]
         args += [s.future_tolerance * 1_000_000, s.max_value_bytes, self.layout.task_prefix, self.layout.group_prefix]
-        args += [s.batch_bytes]
+        args += [s.batch_bytes, int(s.naive_timezone == "UTC"), payload.EDGE_BYTES]
         reply, seconds = self._call(scripts.DECIDE, [current.key, *keys], args)
         after, scanned, celery, ttl_set, deleted, freed = reply[:6]
         if cursor:  # COUNT sizes the SCAN, the limit the keys DECIDE reads: each pacer learns its own
@@ -290,14 +293,15 @@ class _Pass:
         self, candidates: list[tuple[bytes, Kind, bytes]], now: dt.datetime, actions: list[tuple[bytes, Action]]
     ) -> None:
         """Read type, TTL and value (INSPECT), decide each key in Python."""
-        args = [self.settings.max_value_bytes, self.settings.batch_bytes, int(self.settings.cap_ttl)]
+        s = self.settings
+        args = [s.max_value_bytes, s.batch_bytes, int(s.cap_ttl), payload.EDGE_BYTES]
         start = 0
         while start < len(candidates):
             part = candidates[start : start + self.inspect_pacer.size]
             rows, seconds = self._call(scripts.INSPECT, [key for key, _, _ in part], args)
             self.inspect_pacer.observe(len(part), seconds)
             for candidate, (rtype, pttl, value) in zip(part, rows, strict=False):
-                self._rule(candidate, rtype, int(pttl), value, now=now, actions=actions)
+                self._rule(candidate, rtype, int(pttl), inspected(value), now=now, actions=actions)
             start += len(rows)
 
     def _rule(
@@ -305,7 +309,7 @@ class _Pass:
         candidate: tuple[bytes, Kind, bytes],
         rtype: bytes | str,
         pttl: int,
-        value: bytes | int | None,
+        value: bytes | payload.Edges | None,
         *,
         now: dt.datetime,
         actions: list[tuple[bytes, Action]],
@@ -314,6 +318,8 @@ class _Pass:
         decision = decide(kind, ident, _text(rtype), pttl, value, now=now, settings=self.settings)
         if isinstance(decision, Skip):
             self.report.skipped[decision.reason] += 1
+            if decision.size:
+                self.report.skipped_bytes[decision.reason] += decision.size
         elif decision is not None:
             actions.append((key, decision))
 
@@ -363,6 +369,13 @@ class _Pass:
         started = self.timer()
         result = self.report.tally.run(self.client, source, keys, args)
         return result, self.timer() - started
+
+
+def inspected(value: Any) -> bytes | payload.Edges | None:
+    """INSPECT's value column: the bytes, a too-large string's edges, or nothing read."""
+    if isinstance(value, list):
+        return payload.Edges.of(value)
+    return value if isinstance(value, bytes) else None
 
 
 def _plain(counter: collections.Counter[str]) -> dict[str, int]:

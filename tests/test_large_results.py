@@ -1,0 +1,336 @@
+"""Results too large to read whole: judged from STRLEN and the GETRANGE of their head and tail.
+
+The oracle is the Python rules on the whole value: judged from its edges, a value gets
+exactly the decision the whole value gets, or is skipped as ``too_large``; never another.
+Values come from Celery's own encoder (real ``Backend.store_result`` on real servers),
+with results, args and kwargs crafted to hold fake ``"date_done"``/``"task_id"``/``"status"``
+members, escaped quotes and backslash runs right where the tail window starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import json
+import os
+import pickle
+import uuid
+import zlib
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.app.task import Context
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from kombu.utils.json import dumps
+
+from janitor import config, payload, scripts
+from janitor.keyspace import Kind
+from janitor.sweeps import results
+from janitor.sweeps.results import SweepReport, sweep
+from janitor.sweeps.rules import Action, Skip, decide
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+S = config.load({"JANITOR_MAX_VALUE_BYTES": str(512 * 1024 * 1024)})  # the oracle reads everything whole
+MB = 1024 * 1024
+TID = "5d4cbbc6-2c4e-4c59-9b1e-3c1a0d6f2a10"
+
+# Text a task may return, placed where the head or tail window cuts the value.
+FAKES = [
+    f'", "date_done": "2020-01-01T00:00:00", "task_id": "{TID}"}}',
+    f'", "date_done": "2020-01-01T00:00:00", "task_id": "{TID}"',
+    f'\\", \\"date_done\\": \\"2020-01-01T00:00:00\\", \\"task_id\\": \\"{TID}\\"}}',
+    '{"status": "SUCCESS", "result": 1}',
+    '"status": "PENDING", ',
+    f', "date_done": null, "task_id": "{TID}"}}',
+    "\\" * 7 + '"',
+    "\\" * 8,
+    '\\"\\\\"',
+    "}]}",
+    "é漢\u2028",
+]
+
+
+def _oracle(value: bytes, *, pttl: int = -1, settings: config.Settings = S) -> object:
+    return decide(Kind.TASK, TID.encode(), "string", pttl, value, now=NOW, settings=settings)
+
+
+def _by_edges(value: bytes, head: int, tail: int, *, pttl: int = -1, settings: config.Settings = S) -> object:
+    edges = payload.Edges(len(value), value[:head], value[-tail:])
+    return decide(Kind.TASK, TID.encode(), "string", pttl, edges, now=NOW, settings=settings)
+
+
+def _agrees(value: bytes, head: int, tail: int, *, pttl: int = -1, settings: config.Settings = S) -> bool:
+    """Judged from its edges, the value gets the whole value's decision or is skipped as too large;
+    returns whether it was judged."""
+    whole = _oracle(value, pttl=pttl, settings=settings)
+    edged = _by_edges(value, head, tail, pttl=pttl, settings=settings)
+    if edged == Skip("too_large", len(value)):
+        return False
+    if isinstance(whole, Action):
+        assert isinstance(edged, Action), (value[-tail:], whole, edged)
+        assert (edged.op, edged.ms, edged.kind, edged.size) == (whole.op, whole.ms, whole.kind, whole.size)
+        assert edged.guard.startswith("E" if edged.deletes else "L")
+    else:
+        assert edged == whole, (value[-tail:], whole, edged)
+    return True
+
+
+# A nested object (in kwargs, a stamp, a result) that looks like the meta's own last members.
+NESTED = {"a": 1, "date_done": "2020-01-01T00:00:00", "task_id": TID}
+
+
+def _json() -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.sampled_from([*FAKES, NESTED]),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.text(max_size=10) | st.sampled_from(["date_done", "task_id", "status"]), inner, max_size=3
+            )
+        ),
+        max_leaves=8,
+    )
+
+
+@st.composite
+def metas(draw: st.DrawFn) -> dict[str, Any]:
+    """A task meta in Celery's key order, its free-form parts (result, args, kwargs, stamps) drawn hostile."""
+    status = draw(st.sampled_from(["SUCCESS", "FAILURE", "REVOKED", "STARTED", "PROGRESS"]))
+    age = dt.timedelta(seconds=draw(st.integers(-2 * 86400, 10 * 86400)))
+    when = NOW - age
+    zone = draw(st.sampled_from([None, dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30))]))
+    done = (when.astimezone(zone) if zone else when.replace(tzinfo=None)).isoformat()
+    filler = draw(st.sampled_from(["", "x" * 300, "\\" * 301, '"' * 150]))
+    meta: dict[str, Any] = {
+        "status": status,
+        "result": draw(st.lists(st.sampled_from(FAKES), max_size=3).map(lambda parts: filler + "".join(parts)))
+        if draw(st.booleans())
+        else draw(_json()),
+        "traceback": None,
+        "children": [],
+        "date_done": done if status in payload.READY_STATES else None,
+    }
+    if draw(st.booleans()):
+        meta["group_id"] = str(uuid.uuid4())
+    if draw(st.booleans()):  # result_extended: args and kwargs come after date_done
+        meta |= {
+            "name": "app.big",
+            "args": draw(st.lists(_json(), max_size=3)),
+            "kwargs": draw(st.dictionaries(st.sampled_from(["date_done", "task_id", "a"]), _json(), max_size=3)),
+            "worker": "w1@host",
+            "retries": 0,
+            "queue": "celery",
+        }
+        if draw(st.booleans()):
+            meta |= {"stamped_headers": ["s"], "s": draw(_json())}
+    meta["task_id"] = draw(st.sampled_from([TID, TID, TID, str(uuid.uuid4())]))
+    return meta
+
+
+class TestEdgesAgreeWithTheWholeValue:
+    @hypothesis_settings(max_examples=1500, deadline=None)
+    @given(meta=metas(), head=st.integers(1, 400), cut=st.integers(0, 700), ascii_only=st.booleans())
+    def test_judged_alike_or_skipped(self, meta: dict[str, Any], head: int, cut: int, ascii_only: bool) -> None:
+        """Every window, wherever it cuts the value (inside a string, a backslash run, a fake member)."""
+        value = json.dumps(meta, ensure_ascii=ascii_only).encode()
+        _agrees(value, head, max(1, len(value) - cut))
+
+    @pytest.mark.parametrize("fake", FAKES)
+    def test_every_cut_through_a_fake_tail(self, fake: str) -> None:
+        """A result ending in a fake tail, the window starting at each byte around it."""
+        meta = {"status": "SUCCESS", "result": "x" * 50 + fake, "traceback": None, "children": []}
+        meta |= {"date_done": NOW.isoformat(), "task_id": TID}
+        value = dumps(meta).encode()
+        judged = [_agrees(value, 64, tail) for tail in range(1, len(value))]
+        assert any(judged)  # a window that reaches the real date_done is judged
+
+    def test_celerys_order_is_read_and_others_are_not(self) -> None:
+        """The members Celery 5.3-5.7 write, in its order, are read; a value in any other order is not."""
+        meta = {"status": "SUCCESS", "result": "y" * 5000, "traceback": None, "children": []}
+        meta |= {"date_done": (NOW - dt.timedelta(days=3)).isoformat(), "task_id": TID}
+        value = dumps(meta).encode()
+        assert isinstance(_by_edges(value, 4096, 4096), Action)
+        for reordered in (
+            {"result": meta["result"], **{k: v for k, v in meta.items() if k != "result"}},
+            {**{k: v for k, v in meta.items() if k != "date_done"}, "date_done": meta["date_done"]},
+            {**meta, "extra": 1},
+        ):
+            assert _by_edges(dumps(reordered).encode(), 4096, 4096) == Skip("too_large", len(dumps(reordered)))
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pickle.dumps({"status": "SUCCESS", "result": "z" * 9000, "task_id": TID}, protocol=4),
+            b"\x00celery-compressed\x00application/x-gzip\x00" + zlib.compress(b"{" + b" " * 9000 + b"}"),
+            b"\x85\xa6status\xa7SUCCESS" + b"\x00" * 9000,
+            b'{"status": "SUCCESS", "result": "' + b"a" * 9000 + b'"}',
+            b"status: SUCCESS\nresult: " + b"b" * 9000,
+        ],
+    )
+    def test_what_cannot_be_read_is_too_large(self, value: bytes) -> None:
+        """Pickle, compressed, msgpack, no date_done, YAML: skipped and counted with their bytes."""
+        assert _by_edges(value, 4096, 4096) == Skip("too_large", len(value))
+
+
+# -- real servers ------------------------------------------------------------------------
+def _app(url: str, *, extended: bool = False, serializer: str = "json", compression: str | None = None) -> Celery:
+    app = Celery("big", backend=url, set_as_current=False)
+    app.conf.update(
+        result_extended=extended,
+        result_serializer=serializer,
+        result_compression=compression,
+        result_expires=None,
+        result_accept_content=["json", "pickle"],
+    )
+    return app
+
+
+def _store(app: Celery, result: Any, state: str, *, when: dt.datetime | None = None, **request: Any) -> str:
+    """Celery's own Backend.store_result, as a worker calls it; ``when`` stands in for app.now()."""
+    tid = str(uuid.uuid4())
+    if when is not None:
+        app.now = lambda: when  # type: ignore[method-assign]  # what apps that replace app.now do
+    ctx = Context(id=tid, task="app.big", args=[1], kwargs={"k": "v"}, hostname="w1@host", retries=0)
+    ctx.delivery_info = {"routing_key": "celery"}
+    for name, value in request.items():
+        setattr(ctx, name, value)
+    app.backend.store_result(tid, result, state, request=ctx)
+    return tid
+
+
+def _big(n: int, fake: str = FAKES[0]) -> str:
+    """A result string of about ``n`` bytes ending in text that mimics Celery's own tail."""
+    return "r" * (n - len(fake)) + fake
+
+
+@pytest.fixture(name="reply_bytes")
+def _reply_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes of every script reply the sweep receives: what crossed the network."""
+    seen: list[int] = []
+    call = results._Pass._call
+
+    def counting(self: results._Pass, source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
+        reply, seconds = call(self, source, keys, args)
+        seen.append(_size(reply))
+        return reply, seconds
+
+    monkeypatch.setattr(results._Pass, "_call", counting)
+    return seen
+
+
+def _size(reply: Any) -> int:
+    if isinstance(reply, bytes | str):
+        return len(reply)
+    if isinstance(reply, list):
+        return sum(_size(r) for r in reply)
+    return 8
+
+
+class TestLargeResultsOnRealServers:
+    def test_celery_written_big_results_get_the_rules(
+        self, client: redis.Redis, settings: config.Settings, reply_bytes: list[int]
+    ) -> None:
+        """10 MB results as Celery writes them (plain and result_extended, chord members, a result
+        crafted to end like Celery's own tail): stale ones deleted, fresh ones and STARTED given
+        their TTL, pickle and compressed ones skipped with their bytes; no value crosses the network."""
+        url = settings.redis_url
+        now = dt.datetime.now(dt.UTC)  # the sweep reads the real clock
+        old, fresh = now - dt.timedelta(days=3), now - dt.timedelta(hours=1)
+        plain, extended = _app(url), _app(url, extended=True)
+        stale = [
+            _store(plain, _big(10 * MB), "SUCCESS", when=old),
+            _store(extended, _big(10 * MB), "SUCCESS", when=old, group="g1", parent_id="p1"),
+            _store(_app(url), _big(3 * MB, FAKES[2]), "SUCCESS", when=old.replace(tzinfo=None)),
+        ]
+        kept = {
+            _store(_app(url), _big(10 * MB), "SUCCESS", when=fresh): settings.result_ttl - 3600,
+            _store(_app(url), _big(2 * MB), "FAILURE", when=old): settings.failure_ttl - 3 * 86400,
+            _store(_app(url, extended=True), {"pid": 1, "log": _big(2 * MB)}, "STARTED"): settings.pending_ttl,
+        }
+        unreadable = [
+            _store(_app(url, serializer="pickle"), _big(10 * MB), "SUCCESS", when=old),
+            _store(_app(url, compression="gzip"), os.urandom(5 * MB).hex(), "SUCCESS", when=old),
+        ]
+        gc.collect()
+        key = plain.backend.get_key_for_task
+        sizes = {tid: client.strlen(key(tid)) for tid in unreadable}
+        report = sweep(client, settings)
+        assert report.completed
+        assert report.deleted == {"task": len(stale)}
+        assert all(not client.exists(key(tid)) for tid in stale)
+        for tid, ttl in kept.items():
+            assert client.exists(key(tid))
+            assert abs(client.ttl(key(tid)) - ttl) < 120, tid
+        assert all(client.ttl(key(tid)) == -1 for tid in unreadable)
+        assert report.skipped == {"too_large": 2}
+        assert report.skipped_bytes == {"too_large": sum(sizes.values())}
+        # Edges only: all replies together hold no more than a head and a tail per key.
+        assert sum(reply_bytes) < 8 * 2 * payload.EDGE_BYTES + 8192
+        again = sweep(client, settings)
+        assert (again.deleted, again.ttl_applied, again.skipped) == ({}, {}, {"too_large": 2})
+
+    def test_a_rewrite_between_read_and_delete_is_not_deleted(self, client: redis.Redis) -> None:
+        """The delete guard is the length plus the digest of head and tail: a rewrite changing either is
+        left alone; one changing neither keeps the status, date_done and task_id the decision read."""
+        meta = {"status": "SUCCESS", "result": "q" * (2 * MB), "traceback": None, "children": []}
+        meta |= {"date_done": "2020-01-01T00:00:00", "task_id": TID}
+        value = dumps(meta).encode()
+        key = f"celery-task-meta-{TID}".encode()
+        edges = payload.Edges(len(value), value[:4096], value[-4096:])
+        action = decide(Kind.TASK, TID.encode(), "string", -1, edges, now=NOW, settings=config.load({}))
+        assert isinstance(action, Action)
+        assert action.deletes
+        act = scripts.Tally()
+        for changed in (value[:-3] + b'1"}', value + b" ", value[:10] + b"Z" + value[11:]):
+            client.set(key, changed)
+            assert act.run(client, scripts.ACT, [results.FENCE_NONE, key], ["", action.op, 0, action.guard]) == [0]
+            assert client.exists(key)
+        client.set(key, value[: 3 * MB // 2] + b"w" + value[3 * MB // 2 + 1 :])  # the middle only
+        assert act.run(client, scripts.ACT, [results.FENCE_NONE, key], ["", action.op, 0, action.guard]) == [1]
+        assert not client.exists(key)
+
+    @pytest.mark.parametrize("mb", [10, 100])
+    def test_huge_values_are_swept_and_cleaned(
+        self, client: redis.Redis, settings: config.Settings, reply_bytes: list[int], mb: int
+    ) -> None:
+        """A stale and a fresh result of 10 and 100 MB, and a pickle of that size: deleted, TTL'd, counted."""
+        stale_id, fresh_id, pickled_id = (str(uuid.uuid4()) for _ in range(3))
+        body = "h" * (mb * MB)
+        for tid, when in ((stale_id, NOW - dt.timedelta(days=30)), (fresh_id, dt.datetime.now(dt.UTC))):
+            meta = {"status": "SUCCESS", "result": body, "traceback": None, "children": []}
+            client.set(f"celery-task-meta-{tid}", dumps(meta | {"date_done": when.isoformat(), "task_id": tid}))
+        client.set(f"celery-task-meta-{pickled_id}", pickle.dumps({"status": "SUCCESS", "result": body}, protocol=4))
+        del body
+        gc.collect()
+        pickled = client.strlen(f"celery-task-meta-{pickled_id}")
+        report = sweep(client, settings)
+        assert report.deleted == {"task": 1}
+        assert report.bytes_deleted > mb * MB
+        assert report.ttl_applied == {"task": 1}
+        assert report.skipped_bytes == {"too_large": pickled}
+        assert not client.exists(f"celery-task-meta-{stale_id}")
+        assert 0 < client.ttl(f"celery-task-meta-{fresh_id}") <= settings.result_ttl
+        assert sum(reply_bytes) < 3 * 2 * payload.EDGE_BYTES + 8192
+        client.flushall()
+
+
+def test_dry_run_counts_large_results_like_the_real_run(client: redis.Redis, settings: config.Settings) -> None:
+    """What a dry run says about big values is what the real run then does."""
+    url = settings.redis_url
+    old = NOW - dt.timedelta(days=3)
+    for _ in range(3):
+        _store(_app(url), _big(2 * MB), "SUCCESS", when=old)
+        _store(_app(url), _big(2 * MB), "SUCCESS", when=dt.datetime.now(dt.UTC))
+        _store(_app(url, serializer="pickle"), _big(2 * MB), "SUCCESS", when=old)
+
+    def counts(r: SweepReport) -> tuple[object, ...]:
+        return r.deleted, r.ttl_applied, r.skipped, r.skipped_bytes, r.bytes_deleted
+
+    dry = sweep(client, settings, dry_run=True)
+    real = sweep(client, settings)
+    assert counts(dry) == counts(real)
+    assert real.deleted == {"task": 3}
