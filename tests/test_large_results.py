@@ -334,3 +334,29 @@ def test_dry_run_counts_large_results_like_the_real_run(client: redis.Redis, set
     real = sweep(client, settings)
     assert counts(dry) == counts(real)
     assert real.deleted == {"task": 3}
+
+
+def test_reply_budget_and_cap_mode(client: redis.Redis, settings: config.Settings) -> None:
+    """Edges count against the reply budget (the rest go to INSPECT, which returns edges too), and
+    cap mode judges big values that have a TTL the same way: stale ones deleted, long TTLs shortened."""
+    now = dt.datetime.now(dt.UTC)
+    body = "b" * (MB + 10)
+    keys = {}
+    for i in range(12):
+        tid = str(uuid.uuid4())
+        when = now - dt.timedelta(days=3 if i % 2 else 0)
+        meta = {"status": "SUCCESS", "result": body, "traceback": None, "children": []}
+        keys[tid] = f"celery-task-meta-{tid}"
+        client.set(keys[tid], dumps(meta | {"date_done": when.isoformat(), "task_id": tid}))
+    tight = settings.model_copy(update={"batch_bytes": 64 * 1024})  # room for 8 pairs of edges per reply
+    report = sweep(client, tight)
+    assert (report.deleted, report.ttl_applied) == ({"task": 6}, {"task": 6})
+    for tid in list(keys)[:4]:  # give fresh ones a long TTL, bring stale ones back with one
+        meta = {"status": "SUCCESS", "result": body, "traceback": None, "children": []}
+        when = now - dt.timedelta(days=3) if client.exists(keys[tid]) == 0 else now
+        client.set(keys[tid], dumps(meta | {"date_done": when.isoformat(), "task_id": tid}), ex=30 * 86400)
+    capped = sweep(client, tight.model_copy(update={"cap_ttl": True}))
+    stale = [tid for tid in list(keys)[:4] if list(keys).index(tid) % 2]
+    assert capped.deleted == {"task": len(stale)}
+    assert capped.ttl_capped == {"task": 4 - len(stale)}
+    assert sweep(client, tight.model_copy(update={"cap_ttl": True})).ttl_capped == {}
