@@ -15,12 +15,11 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from janitor import __version__, census, config, connection, demo, embedded, logs
+from janitor import __version__, census, config, connection, demo, embedded, errors, logs
+from janitor.errors import Exit
 from janitor.findings import size as findings_size
 from janitor.progress import Progress
 from janitor.sweeps.results import SweepReport, sweep
-
-EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 
 DESCRIPTION = """\
 Keeps a Celery Redis clean: gives every result key the TTL it should have,
@@ -125,9 +124,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-NO_URL = "celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL) to redis://[user:password@]host:port/db"
-
-
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     env = os.environ if environ is None else environ
@@ -135,7 +131,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         settings = config.load(env)
     except config.ConfigError as exc:
         print(f"celery-janitor: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return Exit.BAD_CONFIG
     logs.configure(settings.log_level, settings.log_format)
     for variable, nearest in config.unknown_variables(env):
         # Only the name: the value of a mistyped variable may well be a password.
@@ -147,10 +143,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
     if args.verb == "config":
         if not settings.redis_url:
-            print(NO_URL, file=sys.stderr)
-            return EXIT_UNREACHABLE
+            print(config.NO_URL, file=sys.stderr)
+            return Exit.BAD_CONFIG
         print(json.dumps(_effective(settings, env), indent=2))
-        return EXIT_OK
+        return Exit.OK
     if args.verb == "demo":
         return _demo(settings, args.results)
     if settings.redis_cluster and args.verb == "restore":
@@ -159,7 +155,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             "Redis Cluster (JANITOR_REDIS_CLUSTER=true): point JANITOR_REDIS_URL at the broker's server",
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return Exit.REFUSED
     if args.verb == "run":
         from janitor import daemon  # noqa: PLC0415 - the daemon's imports are only paid by `run`
 
@@ -227,24 +223,20 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
                 )
             if done.mutex_held:
                 print("unacked_mutex is held: a kombu consumer is restoring right now; nothing was moved, try again")
-        return EXIT_FAILED if done.mutex_held else EXIT_OK
+        return Exit.REFUSED if done.mutex_held else Exit.OK
 
     try:
         return _against_redis(on_broker, "restore", body)
-    except broker.SeparatorMismatch as exc:
+    except errors.ConfigMismatch as exc:
         print(f"celery-janitor: nothing restored: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-
-
-# Failures to reach a Redis at all: the URL's host, port, password or TLS, not the command.
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.InvalidResponse, OSError)
+        return Exit.BAD_CONFIG
 
 
 def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.Redis], int]) -> int:
     """Run a one-shot verb; any failure to reach or use Redis becomes one actionable line and an exit code."""
     if not settings.redis_url:
-        print(NO_URL, file=sys.stderr)
-        return EXIT_UNREACHABLE
+        print(config.NO_URL, file=sys.stderr)
+        return Exit.BAD_CONFIG
     source = settings.redis_url_source or "JANITOR_REDIS_URL"
     try:
         # One immediate retry (a dropped pooled connection), not redis-py's backoff: an
@@ -252,13 +244,16 @@ def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.R
         return body(settings.connect(retry=Retry(NoBackoff(), 1)))
     except connection.URLError as exc:
         print(f"celery-janitor: {source}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except UNREACHABLE as exc:
-        print(f"celery-janitor: {source} {settings.masked_url}: {connection.describe_error(exc)}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except redis.ResponseError as exc:
-        print(f"celery-janitor: Redis refused the {what}: {connection.describe_error(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.BAD_CONFIG
+    except (redis.RedisError, OSError) as exc:
+        failure = errors.classify(exc)
+        if failure.unreachable:
+            print(f"celery-janitor: {source} {settings.masked_url}: {failure.message}", file=sys.stderr)
+            return Exit.UNREACHABLE
+        if not isinstance(exc, redis.ResponseError):
+            raise
+        print(f"celery-janitor: Redis refused the {what}: {failure.message}", file=sys.stderr)
+        return Exit.REFUSED
 
 
 def _diagnose(settings: config.Settings, *, as_json: bool, sample: int, listen_s: float) -> int:
@@ -304,7 +299,7 @@ def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
             print(json.dumps(report.as_dict()))
         else:
             _print_report(report, sys.stdout)
-        return EXIT_OK
+        return Exit.OK
 
     return _against_redis(settings, "sweep", body)
 
@@ -362,7 +357,7 @@ def report_table(rows: Sequence[tuple[str, str, int]]) -> list[str]:
 def _demo(settings: config.Settings, results: int) -> int:
     if not embedded.available_engines():
         print(f"celery-janitor: {embedded.NO_SERVER}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return Exit.BAD_CONFIG
     print("celery-janitor demo: starting a private Redis-protocol server ...")
     with embedded.running() as server:
         client = server.client()
@@ -382,7 +377,7 @@ def _demo(settings: config.Settings, results: int) -> int:
             f"Celery keys without a TTL after the sweep: "
             f"{sum(v for k, v in after.without_ttl.items() if k not in census.NOT_RESULTS)}"
         )
-    return EXIT_OK
+    return Exit.OK
 
 
 def _print_census(before: census.Census, after: census.Census) -> None:

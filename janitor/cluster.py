@@ -20,7 +20,7 @@ import redis
 import redis.cluster
 import structlog
 
-from janitor import connection
+from janitor import connection, errors
 from janitor.config import Settings
 from janitor.sweeps.results import Fence, SweepReport, sweep
 
@@ -130,7 +130,7 @@ def sweep_cluster(
             # and the next pass (which asks the cluster for its primaries again) rescans it.
             report = seen[0]
             report.completed = False
-            error = connection.describe_error(exc)
+            error = errors.classify(exc).message
         finally:
             client.close()
         _merge(total, report)

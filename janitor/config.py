@@ -22,6 +22,7 @@ from janitor.connection import mask_url
 # and only count when they name a Redis server.
 URL_SOURCES = ("JANITOR_REDIS_URL", "REDIS_URL", "UPSTASH_REDIS_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_URL")
 _REDIS_SCHEMES = {"redis", "rediss", "unix", "socket", "sentinel"}
+NO_URL = "celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL) to redis://[user:password@]host:port/db"
 
 # JANITOR_* variables read outside Settings; any other is reported as unknown. The test suite's own is here so
 # a run of it does not warn.

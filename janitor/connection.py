@@ -169,17 +169,3 @@ def connect(
             hint="anyone on the path can read and change the traffic; set ssl_ca_certs and ssl_cert_reqs=required",
         )
     return redis.Redis(**kwargs)
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line, actionable, password-free description of a connection failure."""
-    text = str(exc)
-    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
-        return "authentication failed: check the user and password in the Redis URL"
-    if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
-        return f"TLS handshake failed ({mask_url(text)}): check ssl_ca_certs / ssl_cert_reqs in the URL"
-    if isinstance(exc, redis.InvalidResponse):
-        return f"the server does not speak the Redis protocol ({mask_url(text)}): is this an HTTP port or a proxy?"
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
-        return f"cannot reach Redis ({mask_url(text)}): check the host, port and network"
-    return mask_url(text)

@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import os
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -27,8 +26,21 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from janitor import __version__, census, cluster, connection, findings, scheduler, scripts, server, status_page
+from janitor import (
+    __version__,
+    census,
+    cluster,
+    config,
+    connection,
+    errors,
+    findings,
+    scheduler,
+    scripts,
+    server,
+    status_page,
+)
 from janitor.config import Settings
+from janitor.errors import Exit
 from janitor.heartbeats import WorkerTracker
 from janitor.keyspace import Layout, glob_escape
 from janitor.lease import Change, Keeper, Lease
@@ -38,10 +50,7 @@ from janitor.status_book import Live, StatusBook
 from janitor.sweeps import broker
 from janitor.sweeps.results import sweep
 
-EXIT_OK, EXIT_FORCED, EXIT_UNUSABLE = 0, 1, 2
 SIGNALS = {signal.SIGTERM, signal.SIGINT}
-# Error labels that mean "Redis is not usable from here", as opposed to a refused command.
-UNREACHABLE = {"connection", "timeout", "auth", "tls"}
 
 log = structlog.get_logger("janitor.daemon")
 
@@ -49,8 +58,8 @@ log = structlog.get_logger("janitor.daemon")
 def run(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean stop, 2 when it cannot start."""
     if not settings.redis_url:
-        print("celery-janitor: no Redis URL: set JANITOR_REDIS_URL (or REDIS_URL)", file=sys.stderr)
-        return EXIT_UNUSABLE
+        print(config.NO_URL, file=sys.stderr)
+        return Exit.BAD_CONFIG
     # Block the signals before any thread starts, so every thread inherits the
     # mask and the main thread alone takes them with sigwait: no handler runs
     # at an arbitrary point of another call, and it works as PID 1.
@@ -60,37 +69,19 @@ def run(settings: Settings) -> int:
         daemon.start()
     except connection.URLError as exc:
         print(f"celery-janitor: {settings.redis_url_source}: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return Exit.BAD_CONFIG
     except OSError as exc:
         where = f"{settings.metrics_host or '[::]'}:{settings.metrics_port}"
         print(f"celery-janitor: cannot listen on {where}: {exc}; set JANITOR_METRICS_PORT", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return Exit.BAD_CONFIG
     signum = signal.sigwait(SIGNALS)
     log.info("daemon.stopping", signal=signal.Signals(signum).name, timeout_s=settings.shutdown_timeout)
     code = daemon.stop()
-    if code != EXIT_OK:
+    if code != Exit.OK:
         # A job is still inside a Redis call; its non-daemon executor thread would hold exit.
         sys.stderr.flush()
         os._exit(code)
     return code
-
-
-def error_label(exc: BaseException) -> str:
-    """A bounded metric label for a failure (``describe_error`` gives the log text)."""
-    text = str(exc)
-    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
-        return "auth"
-    if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
-        return "tls"
-    if isinstance(exc, redis.TimeoutError | TimeoutError):
-        return "timeout"
-    if isinstance(exc, redis.ConnectionError | OSError):
-        return "connection"
-    if isinstance(exc, redis.ResponseError):
-        return "fenced" if text.startswith("FENCED") else "response"
-    if isinstance(exc, broker.SeparatorMismatch):
-        return "config"
-    return "internal"
 
 
 @dataclass
@@ -136,10 +127,11 @@ class RedisHealth:
                 self.on_recover()
 
     def failed(self, exc: BaseException) -> None:
-        label = error_label(exc)
+        failure = errors.classify(exc)
+        label = failure.label
         self.metrics.redis_errors.labels(label).inc()
         with self._lock:
-            before, self._state, self._reason = self._state, label, connection.describe_error(exc)
+            before, self._state, self._reason = self._state, label, failure.message
             if before in {None, ""}:  # a new reason while down keeps the time it went down
                 self._since = self.clock()
         if before != label:
@@ -259,12 +251,12 @@ class Daemon:
             try:
                 released = self.lease.release()
             except (redis.RedisError, OSError) as exc:
-                log.warning("lease.release_failed", detail=connection.describe_error(exc))
+                log.warning("lease.release_failed", detail=errors.classify(exc).message)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
         log.info("daemon.stopped", clean=clean, lease_released=released)
-        return EXIT_OK if clean else EXIT_FORCED
+        return Exit.OK if clean else Exit.FORCED
 
     def readiness(self) -> tuple[bool, str]:
         if not self.health.up:
@@ -403,10 +395,10 @@ class Daemon:
         try:
             fields = body()
         except Exception as exc:  # a failed run is reported; the next one is scheduled anyway
-            label = error_label(exc)
+            failure = errors.classify(exc)
+            label, detail = failure.label, failure.message
             self.metrics.sweep_errors.labels(name, label).inc()
-            detail = connection.describe_error(exc)
-            if label in UNREACHABLE and results_server:
+            if failure.unreachable and results_server:
                 self.health.failed(exc)
             if name == "results":
                 self._last_sweep_error = f"{label}: {detail}"
@@ -454,7 +446,7 @@ class Daemon:
 
     def _lease_failed(self, exc: BaseException) -> None:
         self._flush_lease_commands()
-        if error_label(exc) == "internal":
+        if errors.classify(exc).label == "internal":
             log.error("lease.error", exc_info=exc)
         self.health.failed(exc)
 

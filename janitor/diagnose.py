@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 import redis
 
-from janitor import __version__, census, connection, findings, scripts
+from janitor import __version__, census, connection, errors, findings, scripts
 from janitor.config import Settings
+from janitor.errors import Exit
 from janitor.findings import Finding, MemoryInfo, Workers
 from janitor.progress import Progress
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 SCHEMA = 1
 DEFAULT_LISTEN_S = 5.0
-EXIT_OK, EXIT_FINDINGS, EXIT_UNREACHABLE = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +68,8 @@ class Diagnosis:
     findings: list[Finding]
 
     @property
-    def exit_code(self) -> int:
-        return EXIT_FINDINGS if findings.worst(self.findings) == "error" else EXIT_OK
+    def exit_code(self) -> Exit:
+        return Exit.FINDINGS if findings.worst(self.findings) == "error" else Exit.OK
 
     def as_dict(self) -> dict[str, Any]:
         """The `--json` document (schema in docs/diagnose.md)."""
@@ -91,7 +91,7 @@ class Diagnosis:
                 "alive": sorted(self.workers.alive),
             },
             "findings": findings.as_dicts(self.findings),
-            "summary": counts | {"exit_code": self.exit_code},
+            "summary": counts | {"exit_code": int(self.exit_code)},
         }
 
 
@@ -229,12 +229,12 @@ def _broker(
     try:
         report = broker.detect(on, settings, now=now, workers=tracker, tally=scripts.ReadOnlyTally(), results=client)
     except redis.ResponseError as exc:  # e.g. NOPERM for a restricted ACL user
-        return None, f"broker checks unavailable: Redis refused them ({connection.describe_error(exc)})"
+        return None, f"broker checks unavailable: Redis refused them ({errors.classify(exc).message})"
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         if broker_client is None:
             raise
         where = f"{settings.broker_url_source} {settings.masked_broker_url}"
-        return None, f"broker checks unavailable: cannot reach the broker at {where} ({connection.describe_error(exc)})"
+        return None, f"broker checks unavailable: cannot reach the broker at {where} ({errors.classify(exc).message})"
     return report, ""
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import structlog
 
-from janitor import connection
+from janitor import errors
 from janitor.config import Settings
 
 log = structlog.get_logger("janitor.heartbeats")
@@ -170,7 +170,7 @@ class WorkerTracker:
             except Exception as exc:  # noqa: BLE001 - the listener thread must outlive any one failure
                 if not down:
                     down = True
-                    log.warning("heartbeats.disconnected", error=connection.describe_error(exc), retrying=True)
+                    log.warning("heartbeats.disconnected", error=errors.classify(exc).message, retrying=True)
                 self._since = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from janitor import cli, embedded
+from janitor.errors import Exit
 from tests.test_broker import deliver_without_ack, producer, snapshot
 
 
@@ -33,7 +34,7 @@ class TestRestoreCommand:
         code = cli.main(["restore", "--dry-run", "--json", "--wait", "0.1"], stuck)
 
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert code == cli.EXIT_OK
+        assert code == Exit.OK
         assert out["detect"]["by_state"]["stuck"] == 2
         assert out["restore"]["restored"] == {"celery": 2}
         assert snapshot(client) == before
@@ -42,7 +43,7 @@ class TestRestoreCommand:
         """A real run puts both messages back on their queue."""
         code = cli.main(["restore", "--wait", "0.1"], stuck)
 
-        assert code == cli.EXIT_OK
+        assert code == Exit.OK
         assert "restored (were): {'celery': 2}" in capsys.readouterr().out
         assert client.llen("celery") == 2
         assert client.hlen("unacked") == 0

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from janitor import cli, config, demo, embedded
+from janitor.errors import Exit
 from janitor.sweeps.results import SweepReport
 
 
@@ -65,7 +66,7 @@ class TestSweepCommand:
         """An unreachable Redis exits 2 with one line naming the setting; the password appears nowhere."""
         url = f"redis://janitor:Sup3rS3cret@127.0.0.1:{embedded.free_port()}/0"
         proc = _run("sweep", env={"REDIS_URL": url})
-        assert proc.returncode == cli.EXIT_UNREACHABLE
+        assert proc.returncode == Exit.UNREACHABLE
         assert "REDIS_URL" in proc.stderr
         assert "cannot reach Redis" in proc.stderr
         assert "Sup3rS3cret" not in proc.stderr + proc.stdout
@@ -76,7 +77,7 @@ class TestSweepCommand:
             threading.Thread(target=httpd.serve_forever, daemon=True).start()
             proc = _run("sweep", env={"REDIS_URL": f"redis://:Sup3rS3cret@127.0.0.1:{httpd.server_address[1]}/0"})
             httpd.shutdown()
-        assert proc.returncode == cli.EXIT_UNREACHABLE, proc.stderr
+        assert proc.returncode == Exit.UNREACHABLE, proc.stderr
         assert "does not speak the Redis protocol" in proc.stderr
         assert proc.stderr.count("\n") == 1, proc.stderr
         assert "Sup3rS3cret" not in proc.stderr + proc.stdout
@@ -85,7 +86,7 @@ class TestSweepCommand:
         """A server that refuses the password gives 'authentication failed', not a stack trace."""
         with embedded.running("", "--requirepass", "right-one") as srv:
             proc = _run("sweep", env={"JANITOR_REDIS_URL": f"redis://:WrongPass99@127.0.0.1:{srv.port}/0"})
-        assert proc.returncode == cli.EXIT_UNREACHABLE
+        assert proc.returncode == Exit.UNREACHABLE
         assert "authentication failed" in proc.stderr
         assert "WrongPass99" not in proc.stderr + proc.stdout
         assert "Traceback" not in proc.stderr
@@ -93,13 +94,13 @@ class TestSweepCommand:
     def test_no_url(self) -> None:
         """Without any URL the user is told which variable to set."""
         proc = _run("sweep", env={})
-        assert proc.returncode == cli.EXIT_UNREACHABLE
+        assert proc.returncode == Exit.UNREACHABLE
         assert "JANITOR_REDIS_URL" in proc.stderr
 
     def test_bad_setting(self) -> None:
         """A bad setting is one line naming it."""
         proc = _run("sweep", env={"JANITOR_SCAN_COUNT": "lots"})
-        assert proc.returncode == cli.EXIT_UNREACHABLE
+        assert proc.returncode == Exit.UNREACHABLE
         assert proc.stderr.count("\n") == 1
         assert "JANITOR_SCAN_COUNT" in proc.stderr
 
@@ -145,9 +146,9 @@ class TestConfigCommand:
     def test_no_url_is_exit_2_with_one_line(self) -> None:
         """Without a URL, config says so as every verb does, instead of showing an empty URL."""
         proc = _run("config", env={})
-        assert proc.returncode == cli.EXIT_UNREACHABLE
+        assert proc.returncode == Exit.UNREACHABLE
         assert proc.stdout == ""
-        assert proc.stderr == cli.NO_URL + "\n"
+        assert proc.stderr == config.NO_URL + "\n"
 
     def test_unknown_variable_warns_once_with_the_nearest(self) -> None:
         """A mistyped JANITOR_ variable is one warning line naming the nearest setting (never its value); not fatal."""

@@ -27,6 +27,7 @@ import redis
 import redis.cluster
 
 from janitor import cli, cluster, config, demo, embedded, scripts
+from janitor.errors import Exit
 from janitor.sweeps.results import FENCE_NONE, Fence, SweepReport, _Pass
 from tests.test_daemon import LEASE_TTL, ROOT, daemon_env, launch, stop_all, wait_for
 
@@ -242,7 +243,7 @@ class TestLayouts:
         # The unprefixed layout through the CLI: same JSON shape as on one server, plus "nodes".
         capsys.readouterr()
         env = {"JANITOR_REDIS_URL": rc.url, "JANITOR_REDIS_CLUSTER": "true", "JANITOR_LOG_LEVEL": "error"}
-        assert cli.main(["sweep", "--json"], environ=env) == cli.EXIT_OK
+        assert cli.main(["sweep", "--json"], environ=env) == Exit.OK
         shown = json.loads(capsys.readouterr().out)
         assert shown["completed"]
         assert (shown["deleted"], shown["ttl_applied"]) == ({"task": 150}, {"task": 50})
@@ -270,7 +271,7 @@ class TestLayouts:
     ) -> None:
         """One clear line from `sweep` and `run` alike; `restore` says why it has no cluster mode."""
         env = {"JANITOR_REDIS_URL": rc.url + "/2", "JANITOR_REDIS_CLUSTER": "true"}
-        assert cli.main(["sweep"], environ=env) == cli.EXIT_UNREACHABLE
+        assert cli.main(["sweep"], environ=env) == Exit.UNREACHABLE
         run = subprocess.run(
             [sys.executable, "-m", "janitor", "run"],
             env=daemon_env(embedded.free_port(), PYTHONPATH=str(ROOT), **env),
@@ -283,14 +284,14 @@ class TestLayouts:
         assert run.stderr.decode().strip().splitlines() == [
             f"celery-janitor: JANITOR_REDIS_URL: Redis Cluster has only database 0: drop the /db from {rc.url}/2"
         ]
-        assert cli.main(["restore"], environ={**env, "JANITOR_REDIS_URL": rc.url}) == cli.EXIT_FAILED
+        assert cli.main(["restore"], environ={**env, "JANITOR_REDIS_URL": rc.url}) == Exit.REFUSED
         assert "does not run on Redis Cluster" in capsys.readouterr().err
 
 
 def test_a_standalone_server_is_not_taken_for_a_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     with embedded.running("redis") as server:
         env = {"JANITOR_REDIS_URL": f"redis://127.0.0.1:{server.port}", "JANITOR_REDIS_CLUSTER": "true"}
-        assert cli.main(["sweep"], environ=env) == cli.EXIT_UNREACHABLE
+        assert cli.main(["sweep"], environ=env) == Exit.UNREACHABLE
     assert "not a Redis Cluster node" in capsys.readouterr().err
 
 

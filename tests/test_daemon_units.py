@@ -12,7 +12,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from janitor import config, demo, scheduler, scripts
-from janitor.daemon import RedisHealth, error_label, result_census
+from janitor.daemon import RedisHealth, result_census
 from janitor.metrics import Metrics, ResultCensus
 
 
@@ -69,16 +69,6 @@ class TestRedisHealth:
         assert registry.get_sample_value("janitor_redis_errors_total", {"error": "connection"}) == 10
         assert registry.get_sample_value("janitor_redis_up") == 1
         assert woken == [1]
-
-    def test_errors_are_named(self) -> None:
-        """Auth and TLS failures get their own label, a refused batch is 'fenced'."""
-        assert error_label(redis.AuthenticationError("WRONGPASS invalid username-password pair")) == "auth"
-        assert error_label(redis.ConnectionError("Error 1 connecting: [SSL: CERTIFICATE_VERIFY_FAILED]")) == "tls"
-        assert error_label(redis.TimeoutError("Timeout reading from socket")) == "timeout"
-        assert error_label(ConnectionRefusedError(111, "refused")) == "connection"
-        assert error_label(redis.ResponseError("FENCED lease lost before this batch")) == "fenced"
-        assert error_label(redis.ResponseError("OOM command not allowed")) == "response"
-        assert error_label(ValueError("bug")) == "internal"
 
 
 class TestResultCensus:

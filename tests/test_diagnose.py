@@ -13,7 +13,8 @@ import pytest
 import redis
 from celery import Celery
 
-from janitor import cli, config, demo, diagnose, embedded
+from janitor import config, demo, diagnose, embedded
+from janitor.errors import Exit
 from janitor.sweeps.results import sweep
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -37,7 +38,7 @@ def _diagnose(url: str, *args: str, **extra: str) -> subprocess.CompletedProcess
 
 def _json(url: str, *args: str) -> tuple[int, dict[str, Any]]:
     proc = _diagnose(url, "--json", *args)
-    assert proc.returncode != cli.EXIT_UNREACHABLE, proc.stderr
+    assert proc.returncode != Exit.UNREACHABLE, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -50,7 +51,7 @@ class TestDirtyKeyspace:
         """Counts per category equal what demo.fill wrote; queues and unacked are measured; warnings exit 0."""
         written = demo.fill(client, results=1000)
         code, doc = _json(server.url, "--listen", "0")
-        assert code == diagnose.EXIT_OK  # only warnings: nothing loses work right now
+        assert code == Exit.OK  # only warnings: nothing loses work right now
         cats = doc["keyspace"]["categories"]
         for family, n in written.items():
             if family.startswith("result:"):
@@ -88,7 +89,9 @@ class TestDirtyKeyspace:
         app = Celery("producer", broker=f"{base}/0", backend=f"{base}/1", set_as_current=False)
         for _ in range(5):
             app.send_task("app.t")
-        env = {"CELERY_BROKER_URL": f"{base}/0", "CELERY_RESULT_BACKEND": f"{base}/1"}
+        # JANITOR_QUEUES: kombu's process-wide connection pool may have declared the queue (its binding)
+        # for an earlier test on this server, flushed since.
+        env = {"CELERY_BROKER_URL": f"{base}/0", "CELERY_RESULT_BACKEND": f"{base}/1", "JANITOR_QUEUES": "celery"}
         proc = subprocess.run(
             [sys.executable, "-m", "janitor", "diagnose", "--json", "--listen", "0"],
             env=_env("", **env),
@@ -142,7 +145,7 @@ class TestDirtyKeyspace:
         code, doc = _json(server.url, "--listen", "4", "--sample", "0")
         assert _codes(doc)["no_worker_heartbeat"] == "error"
         assert doc["workers"] == {"listened_s": pytest.approx(4, abs=0.6), "alive": []}
-        assert code == diagnose.EXIT_FINDINGS
+        assert code == Exit.FINDINGS
         assert doc["keyspace"]["commands"].get("MEMORY USAGE", 0) == 0  # --sample 0: no sizes
 
 
@@ -163,7 +166,7 @@ class TestServerSettings:
         """A server that may evict queues (allkeys-lru with a maxmemory) exits 1 naming noeviction."""
         with embedded.running(server.engine, "--maxmemory-policy", "allkeys-lru", "--maxmemory", "64mb") as srv:
             code, doc = _json(srv.url, "--listen", "0")
-        assert code == diagnose.EXIT_FINDINGS
+        assert code == Exit.FINDINGS
         (f,) = [f for f in doc["findings"] if f["code"] == "eviction_policy_unsafe"]
         assert f["severity"] == "error"
         assert "noeviction" in f["fix"]
@@ -174,7 +177,7 @@ class TestServerSettings:
         """An unreachable server exits 2 with one masked line, no traceback."""
         url = f"redis://u:Sekr1t@127.0.0.1:{embedded.free_port()}/0"
         proc = _diagnose(url)
-        assert proc.returncode == diagnose.EXIT_UNREACHABLE
+        assert proc.returncode == Exit.UNREACHABLE
         assert "cannot reach Redis" in proc.stderr
         assert "Sekr1t" not in proc.stderr + proc.stdout
         assert "Traceback" not in proc.stderr
@@ -278,7 +281,7 @@ class TestRealCelery:
             assert "no_worker_heartbeat" not in codes
             assert any(h.startswith("diag@") for h in doc["workers"]["alive"])
             assert doc["broker"]["by_state"]["held"] == 1
-            assert code == diagnose.EXIT_FINDINGS
+            assert code == Exit.FINDINGS
             assert "23 result keys have no TTL (100%)" in text.stdout
             assert "tasks will run twice" in text.stdout
             code, doc = _json(srv.url, "--listen", "2")

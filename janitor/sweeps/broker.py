@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from janitor import payload, scripts
+from janitor import errors, payload, scripts
 from janitor.config import Settings
 from janitor.heartbeats import WorkerTracker
 from janitor.keyspace import Layout
@@ -310,7 +310,7 @@ class Sightings:
         return {tag for (tag, _), seen in self.first_seen.items() if report.now - seen >= self.min_gap}
 
 
-class SeparatorMismatch(Exception):
+class SeparatorMismatch(errors.ConfigMismatch):
     """The workers' kombu ``sep`` is not ``JANITOR_BROKER_SEP``: a restore would fill lists no worker reads."""
 
 
