@@ -14,8 +14,11 @@ import gc
 import json
 import os
 import pickle
+import subprocess
+import sys
 import uuid
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +35,9 @@ from janitor.keyspace import Kind
 from janitor.sweeps import results
 from janitor.sweeps.results import SweepReport, sweep
 from janitor.sweeps.rules import Action, Skip, decide
+from tests import big_app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 S = config.load({"JANITOR_MAX_VALUE_BYTES": str(512 * 1024 * 1024)})  # the oracle reads everything whole
@@ -360,3 +366,36 @@ def test_reply_budget_and_cap_mode(client: redis.Redis, settings: config.Setting
     assert capped.deleted == {"task": len(stale)}
     assert capped.ttl_capped == {"task": 4 - len(stale)}
     assert sweep(client, tight.model_copy(update={"cap_ttl": True})).ttl_capped == {}
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_results_of_a_real_worker(
+    client: redis.Redis, settings: config.Settings, reply_bytes: list[int], extended: bool
+) -> None:
+    """10 MB results written by a real `celery worker` (with and without result_extended), one ending in
+    text that mimics Celery's own tail: fresh ones get their TTL; once backdated in place (SETRANGE on
+    the date_done digits, the rest of Celery's bytes untouched) they are deleted."""
+    app = big_app.make_app(settings.redis_url, extended=extended)
+    env = os.environ | {"BIG_APP_URL": settings.redis_url, "BIG_APP_EXTENDED": "1" if extended else ""}
+    args = [sys.executable, "-m", "celery", "-A", "tests.big_app", "worker", "-P", "solo", "-Q", big_app.QUEUE]
+    args += ["-l", "warning", "--without-mingle", "--without-gossip", "--without-heartbeat"]
+    worker = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        results = [app.send_task("big.report", (10,)), app.send_task("big.report", (10, FAKES[0]))]
+        assert [r.get(timeout=120) is not None for r in results] == [True, True]
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    keys = [app.backend.get_key_for_task(r.id) for r in results]
+    report = sweep(client, settings)
+    assert report.ttl_applied == {"task": 2}
+    assert all(settings.result_ttl - 120 < client.ttl(k) <= settings.result_ttl for k in keys)
+    for key in keys:
+        client.persist(key)
+        tail = client.getrange(key, -4096, -1)
+        at = tail.rindex(b'"date_done": "') + len(b'"date_done": "')
+        client.setrange(key, client.strlen(key) - len(tail) + at, b"2020")  # the year: four digits, same length
+    report = sweep(client, settings)
+    assert report.deleted == {"task": 2}
+    assert client.exists(*keys) == 0
+    assert sum(reply_bytes) < 8 * 2 * payload.EDGE_BYTES + 8192
