@@ -68,6 +68,7 @@ from janitor import config, embedded, payload, scripts
 from janitor.config import Settings
 from janitor.keyspace import SCAN_MATCH, TASK_PREFIX, Kind, Layout
 from janitor.pacing import Pacer
+from janitor.scripts import Op
 from janitor.sweeps import results
 from janitor.sweeps.rules import Action, decide
 
@@ -88,83 +89,8 @@ LABELS = {
 HARNESS = {"info", "slowlog", "config", "client", "hello", "ping", "debug", "flushall", "save", "dbsize"}
 PROBE_KEY = b"bench:probe"
 
-# Ceiling B. ARGV: cursor, count, now (ms since epoch), result/failure/pending TTL
-# and future tolerance (ms), largest value to read. One SCAN page per call; per
-# key the same rules as janitor.sweeps.rules for a JSON task result with no TTL.
-# Returns {next cursor, keys scanned, deleted, TTLs set}.
-CEILING_B = r"""
-local page = redis.call('SCAN', ARGV[1], 'MATCH', '*celery*', 'COUNT', ARGV[2])
-local now, rttl, fttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local pending, tol, maxv = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local prefix = 'celery-task-meta-'
-local plen = #prefix
-local match, sub, floor, tonum = string.match, string.sub, math.floor, tonumber
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local doy = floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
-  return era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
-end
-local day_cache = {}
-local function parse(s)
-  if type(s) ~= 'string' then return nil end
-  local date, h, mi, sec, rest = match(s, '^(%d%d%d%d%-%d%d%-%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$')
-  if not date then return nil end
-  local days = day_cache[date]
-  if not days then
-    days = days_from_civil(tonum(sub(date, 1, 4)), tonum(sub(date, 6, 7)), tonum(sub(date, 9, 10)))
-    day_cache[date] = days
-  end
-  local ms, off = 0, 0
-  if rest ~= '' then
-    if sub(rest, 1, 1) == '.' then
-      local frac, tail = match(rest, '^%.(%d+)(.*)$')
-      if not frac then return nil end
-      ms, rest = tonum(frac) * 10 ^ (3 - #frac), tail
-    end
-    if rest ~= '' and rest ~= 'Z' and rest ~= '+00:00' then
-      local sign, oh, om = match(rest, '^([+-])(%d%d):?(%d%d)$')
-      if not sign then return nil end
-      off = (tonum(oh) * 60 + tonum(om)) * 60000
-      if sign == '-' then off = -off end
-    end
-  end
-  return ((days * 24 + tonum(h)) * 60 + tonum(mi)) * 60000 + tonum(sec) * 1000 + ms - off
-end
-local deleted, expired = 0, 0
-for _, k in ipairs(page[2]) do
-  if sub(k, 1, plen) == prefix and redis.call('PTTL', k) == -1 then
-    local v = redis.pcall('GET', k)
-    if type(v) == 'string' and #v <= maxv then
-      local ok, m = pcall(cjson.decode, v)
-      if ok and type(m) == 'table' and type(m.status) == 'string'
-          and (m.task_id == nil or m.task_id == sub(k, plen + 1)) then
-        local st = m.status
-        if st == 'SUCCESS' or st == 'FAILURE' or st == 'REVOKED' then
-          local done = parse(m.date_done)
-          if done and now - done >= -tol then
-            local age = now - done
-            if age < 0 then age = 0 end
-            local rem = floor((st == 'FAILURE' and fttl or rttl) - age)
-            if rem <= 0 then
-              redis.call('UNLINK', k)
-              deleted = deleted + 1
-            else
-              redis.call('PEXPIRE', k, rem)
-              expired = expired + 1
-            end
-          end
-        else
-          redis.call('PEXPIRE', k, pending)
-          expired = expired + 1
-        end
-      end
-    end
-  end
-end
-return {page[1], #page[2], deleted, expired}
-"""
+# Ceiling B: one hand-written Lua call per SCAN page (its KEYS, ARGV and reply at the top of the file).
+CEILING_B = scripts.Script("ceiling_b", (Path(__file__).resolve().parent / "ceiling_b.lua").read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -322,7 +248,6 @@ def row_lua(client: redis.Redis, settings: Settings, now: dt.datetime, *, paced:
     (janitor.pacing) so each call aims at the same time as the janitor's: the price of the
     latency guard alone, with none of the janitor's certainty checks."""
     work = Work()
-    digest = scripts.digest(CEILING_B)
     pacer = Pacer(settings.max_batch_ms, settings.scan_count)
     args: list[int | str] = [
         f"{now.timestamp() * 1000:.3f}",
@@ -336,7 +261,7 @@ def row_lua(client: redis.Redis, settings: Settings, now: dt.datetime, *, paced:
     while True:
         count = pacer.size if paced else 1000
         started = time.perf_counter()
-        cursor, scanned, deleted, expired = client.evalsha(digest, 0, cursor, count, *args)
+        cursor, scanned, deleted, expired = client.evalsha(CEILING_B.sha, 0, cursor, count, *args)
         pacer.observe(count, time.perf_counter() - started)
         work.commands["EVALSHA"] += 1
         work.scanned += int(scanned)
@@ -414,7 +339,7 @@ def _apply(pipe: Any, key: bytes, action: Action, work: Work) -> None:
         work.commands["UNLINK"] += 1
         work.deleted += 1
     else:  # NX / LT keep 'x' and 'c' from overriding a TTL set since the read
-        pipe.pexpire(key, action.ms, nx=action.op == "x", lt=action.op == "c")
+        pipe.pexpire(key, action.ms, nx=action.op is Op.SET_TTL, lt=action.op is Op.CAP_TTL)
         work.commands["PEXPIRE"] += 1
         work.ttl_set += 1
 
@@ -614,7 +539,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         version = client.info("server")
         client.config_set("slowlog-log-slower-than", slow_us)
         client.config_set("slowlog-max-len", 10_000)
-        client.script_load(CEILING_B)
+        client.script_load(CEILING_B.source)
         log(
             f"{server.engine} {version.get('valkey_version') or version.get('redis_version')} on port {server.port}; "
             f"{args.keys:,} result keys; loadavg {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"

@@ -198,15 +198,23 @@ class _Walk:
 
     def page(self, keys: list[bytes]) -> None:
         to_sample = _Sample(self.census, self.sample)
-        args = [self.settings.max_value_bytes, self.settings.batch_bytes, 1, payload.EDGE_BYTES]
+        s = self.settings
         while keys:
-            rows = self.census.tally.run(self.client, scripts.INSPECT, keys, args)
-            for key, (rtype, pttl, value) in zip(keys, rows, strict=False):
-                cat = self.categorise(key, _text(rtype), int(pttl), value)
+            rows = scripts.inspect(
+                self.census.tally,
+                self.client,
+                keys=keys,
+                max_value=s.max_value_bytes,
+                budget=s.batch_bytes,
+                read_ttl=True,
+                edge=payload.EDGE_BYTES,
+            )
+            for row in rows:
+                cat = self.categorise(row.key, row.type, row.pttl, row.value)
                 if cat is None:
                     continue  # a list held back until the bindings are known, or a key gone meanwhile
-                self.count(cat, int(pttl) >= 0)
-                to_sample.offer(key, cat)
+                self.count(cat, row.pttl >= 0)
+                to_sample.offer(row.key, cat)
             keys = keys[len(rows) :]
         self.measure(to_sample.keys)
 
@@ -214,7 +222,7 @@ class _Walk:
         self.census.total += 1
         (self.census.with_ttl if has_ttl else self.census.without_ttl)[cat] += 1
 
-    def categorise(self, key: bytes, rtype: str, pttl: int, value: Any) -> str | None:
+    def categorise(self, key: bytes, rtype: str, pttl: int, value: bytes | payload.Edges | None) -> str | None:
         if rtype == "none":
             return None  # expired or deleted between SCAN and INSPECT
         kind, _ = self.layout.classify(key)
@@ -226,16 +234,15 @@ class _Walk:
             return str(kind)
         return self.broker_or_other(key, rtype, pttl)
 
-    def task(self, value: Any, pttl: int) -> str:
+    def task(self, value: bytes | payload.Edges | None, pttl: int) -> str:
         c = self.census
         c.result_ttl[NO_TTL if pttl < 0 else bucket(pttl / 1000, TTL_BUCKETS)] += 1
         naive = self.settings.naive_zone
         try:
-            if isinstance(value, list):  # too large to read whole: judged from its edges, as the sweep does
-                edges = payload.Edges.of(value)
-                size = edges.size
+            if isinstance(value, payload.Edges):  # too large to read whole: judged from its edges, as the sweep does
+                size = value.size
                 try:
-                    meta = payload.edge_result_meta(edges, naive=naive)
+                    meta = payload.edge_result_meta(value, naive=naive)
                 except payload.PayloadError:
                     if pttl < 0:
                         c.unjudged, c.unjudged_bytes = c.unjudged + 1, c.unjudged_bytes + size
@@ -344,7 +351,3 @@ def _queue_name(name: bytes, sep: bytes) -> bytes:
 
 def _round(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,11 +1,12 @@
 """One active sweeper among several janitors: a lease in Redis, with a fencing token.
 
-Acquire is one script: when the lease key is free, INCR the epoch key and SET
-the lease to ``<epoch>:<random>`` with a TTL (SET NX PX plus a fencing counter,
-atomically, so followers polling the lease never bump the epoch). Renewal and
-release compare the token first. The token doubles as the fence: every
-destructive batch (the ACT script) refuses to run unless the lease key still
-holds it, so an ex-leader that was paused past its TTL cannot write.
+Acquire is one script (:func:`janitor.scripts.acquire`): when the lease key is
+free, INCR the epoch key and SET the lease to ``<epoch>:<random>`` with a TTL
+(SET NX PX plus a fencing counter, atomically, so followers polling the lease
+never bump the epoch). Renewal and release compare the token first. The token
+doubles as the fence: every destructive batch (the ACT script) refuses to run
+unless the lease key still holds it, so an ex-leader that was paused past its
+TTL cannot write.
 
 Locally, leadership ends ``ttl`` after the *start* of the last successful
 renewal; the server's TTL started later, so we always give up first.
@@ -31,26 +32,6 @@ LEASE_SUFFIX = b"celery-janitor:lease"
 EPOCH_SUFFIX = b"celery-janitor:epoch"
 # Never a value we write, so a fence from an instance that never led always fails.
 NOT_HELD = "not-held"
-
-# KEYS: lease, epoch. ARGV: random part, ttl ms. Returns the token, or the lease's PTTL.
-ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('PTTL', KEYS[1]) end
--- A no-op write first: under maxmemory/noeviction Redis refuses a script's growing
--- write (INCR, SET) only before its first write, and a janitor must still take the
--- lease of a Redis that is out of memory, to delete what filled it.
-redis.call('DEL', KEYS[1])
-local token = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[1]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-return token
-"""
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Change(enum.Enum):
@@ -111,22 +92,24 @@ class Lease:
         """Renew the lease we hold, or try to take a free one; return the change and when to call again."""
         started = self.clock()
         if self._token:
-            if self.tally.run(self.client, RENEW, [self.key], [self._token, self.ttl_ms]):
+            if scripts.renew(self.tally, self.client, lease=self.key, token=self._token, ttl_ms=self.ttl_ms):
                 with self._lock:
                     self._valid_until = started + self.ttl
                 return Change.KEPT, self.ttl / 3
             with self._lock:
                 self._token = ""
             return Change.LOST, 0.0
-        reply = self.tally.run(self.client, ACQUIRE, [self.key, self.epoch_key], [uuid.uuid4().hex, self.ttl_ms])
-        if isinstance(reply, bytes):
+        reply = scripts.acquire(
+            self.tally, self.client, lease=self.key, epoch=self.epoch_key, nonce=uuid.uuid4().hex, ttl_ms=self.ttl_ms
+        )
+        if reply.token:
             with self._lock:
-                self._token = self._fence_token = reply.decode()
+                self._token = self._fence_token = reply.token
                 self._valid_until = started + self.ttl
             return Change.ACQUIRED, self.ttl / 3
         # Poll again just after the holder's lease would expire: a failover then
         # takes at most one TTL after the leader's last renewal.
-        remaining = max(int(reply), 0) / 1000
+        remaining = max(reply.holder_pttl, 0) / 1000
         return Change.FOLLOWING, min(self.ttl / 3, remaining + 0.01)
 
     def release(self) -> bool:
@@ -135,7 +118,7 @@ class Lease:
             token, self._token = self._token, ""
         if not token:
             return False
-        return bool(self.tally.run(self.client, RELEASE, [self.key], [token]))
+        return scripts.release(self.tally, self.client, lock=self.key, token=token)
 
 
 @dataclass

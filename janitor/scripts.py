@@ -1,334 +1,74 @@
-"""Server-side batch scripts, and the command tally every Redis call goes through.
+"""The server-side scripts, one typed wrapper each, and the command tally every Redis call goes through.
 
-``DECIDE`` SCANs a page (or takes a batch by name), reads every key's TTL, decides
-and acts on plain JSON task results inside Redis, one call per batch, and hands
-back the Celery keys with no TTL it is not certain about, with what it read.
-:func:`janitor.sweeps.rules.decide` decides those in Python; ``INSPECT`` reads
-type, TTL and value of what DECIDE could not read (and of every key in cap mode),
-and ``ACT`` applies the decisions, re-checking each key inside the same atomic
-call so a key Celery rewrote in between is left alone.
+The Lua lives in ``janitor/lua/<name>.lua`` (package data), each file documenting its
+KEYS, ARGV and reply at the top. Callers never see a script's source, its positional
+ARGV or its reply layout: each script has one wrapper here, named after it, taking
+keyword arguments and returning a small typed reply. Every call goes through a
+:class:`Tally` (EVALSHA, the script loaded again on NOSCRIPT) or a
+:class:`ReadOnlyTally` (EVALSHA_RO), so every command is counted.
+
+The result sweep: :func:`decide` SCANs a page (or takes a batch by name), reads every
+key's TTL, decides and acts on plain JSON task results inside Redis, one call per
+batch, and hands back the Celery keys with no TTL it is not certain about, with what
+it read. :func:`janitor.sweeps.rules.decide` decides those in Python; :func:`inspect`
+reads type, TTL and value of what DECIDE could not read (and of every key in cap
+mode), and :func:`act` applies the decisions, re-checking each key inside the same
+atomic call so a key Celery rewrote in between is left alone.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
+import enum
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import redis
 
-# KEYS: the batch. ARGV[1]: largest value to return; ARGV[2]: byte budget for the
-# reply; ARGV[3]: '1' to read keys that already have a TTL (cap mode, census);
-# ARGV[4]: bytes of a larger value's head and tail to return.
-# Returns {type, pttl, value | {size, head, tail} | false} per key, stopping early (a
-# prefix of KEYS) once the budget is spent, so no reply is unbounded. A key with a TTL
-# is only PTTL'd (type ''): the sweep leaves it alone, so one call is all it costs.
-# GETRANGE under pcall reads a string and learns its type in one call; it returns
-# at most max+1 bytes, so a huge value is measured (STRLEN) and only its edges shipped
-# (GETRANGE; janitor.payload.edge_result_meta judges them), never read whole.
-INSPECT = """
-local max_value = tonumber(ARGV[1])
-local budget = tonumber(ARGV[2])
-local all_keys = ARGV[3] == '1'
-local edge = tonumber(ARGV[4])
-local out = {}
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  local pttl = redis.call('PTTL', k)
-  local t, v = '', false
-  if pttl == -2 then
-    t = 'none'
-  elseif pttl == -1 or all_keys then
-    v = redis.pcall('GETRANGE', k, 0, max_value)
-    if type(v) == 'table' then
-      t, v = redis.call('TYPE', k)['ok'], false
-    else
-      local n = #v
-      if n > max_value then
-        n = redis.call('STRLEN', k)
-        v = {n, string.sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
-        n = #v[2] + #v[3]
-      end
-      if n > budget and i > 1 then break end
-      t, budget = 'string', budget - n
-    end
-  end
-  out[i] = {t, pttl, v}
-end
-return out
-"""
+from janitor.payload import Edges
 
-# KEYS[1]: fence key, KEYS[2..]: targets. ARGV[1]: expected fence token ('' = none);
-# then per target: op, milliseconds, guard. Ops: 'x' set a TTL on a key that has
-# none, 'c' shorten a longer TTL, 'd' unlink a key with no TTL, 'D' unlink
-# regardless of TTL. Guards, checked inside this atomic call: 'S<length>:<sha1>' the
-# value INSPECT read is unchanged (deletes: losing a fresh rewrite would be data loss;
-# the length first, so a value rewritten larger meanwhile is never read whole);
-# 'E<length>:<h>:<t>:<sha1>' for a value too large to read whole, its length and the
-# digest of its first h and last t bytes (what the decision was taken on) are unchanged;
-# 'L<n>' its length is unchanged (TTLs: O(1), and the TTL check already catches
-# Celery's SETEX rewrites); '' none (non-string keys). Returns 1/0 per target:
-# applied, or left alone because it changed.
-ACT = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED lease lost before this batch')
-end
-local done = {}
-for i = 2, #KEYS do
-  local k = KEYS[i]
-  local j = (i - 2) * 3 + 2
-  local op, ms, guard = ARGV[j], tonumber(ARGV[j + 1]), ARGV[j + 2]
-  local pttl = redis.call('PTTL', k)
-  local ok = pttl ~= -2
-  local g = string.sub(guard, 1, 1)
-  if ok and g == 'S' then
-    local size, sum = string.match(guard, '^S(%d+):(%x+)$')
-    local n = redis.pcall('STRLEN', k)
-    ok = type(n) == 'number' and n == tonumber(size)
-    if ok then
-      ok = redis.sha1hex(redis.call('GET', k)) == sum
-    end
-  elseif ok and g == 'L' then
-    local n = redis.pcall('STRLEN', k)
-    ok = type(n) == 'number' and n == tonumber(string.sub(guard, 2))
-  elseif ok and g == 'E' then
-    local size, h, t, sum = string.match(guard, '^E(%d+):(%d+):(%d+):(%x+)$')
-    local n = redis.pcall('STRLEN', k)
-    size, h, t = tonumber(size), tonumber(h), tonumber(t)
-    ok = type(n) == 'number' and n == size and h > 0 and t > 0 and t <= n
-    if ok then
-      local read = redis.call('GETRANGE', k, 0, h - 1) .. redis.call('GETRANGE', k, n - t, n - 1)
-      ok = redis.sha1hex(read) == sum
-    end
-  end
-  if ok then
-    if op == 'x' and pttl == -1 then
-      redis.call('PEXPIRE', k, ms)
-    elseif op == 'c' and pttl > ms then
-      redis.call('PEXPIRE', k, ms)
-    elseif (op == 'd' and pttl == -1) or op == 'D' then
-      redis.call('UNLINK', k)
-    else
-      ok = false
-    end
-  end
-  done[i - 1] = ok and 1 or 0
-end
-return done
-"""
-
-
-# The retention rules of janitor.sweeps.rules for the common case, evaluated where
-# the values are, so they never cross the network: a JSON task result with no TTL.
-# Two ways to get its keys: SCAN them itself (ARGV[1] a cursor: one call per page,
-# no key crosses the network twice), or KEYS[2..] (ARGV[1] ''; Redis Cluster, where
-# a call's keys must share a slot, and what a page left over).
-# KEYS[1]: fence key. ARGV: cursor | '', SCAN COUNT, SCAN MATCH, most keys to look
-# at (the rest are handed back, code 8), fence token ('' = none), '1' dry run, now
-# (us since the epoch), result/failure/pending TTL (ms), future tolerance (us),
-# largest value to read, task and group key prefixes, reply byte budget, '1' when a
-# naive date_done is UTC (JANITOR_NAIVE_TIMEZONE; otherwise naive dates go to Python),
-# bytes of a too-large value's head and tail to return.
-# Returns {next cursor | '', keys scanned, Celery keys it judged, TTLs set, keys
-# deleted, bytes deleted}, then key, code, detail for each key it hands back:
-# 7, pttl: a key under neither prefix, or a Celery name it is unsure of that has a TTL
-# (janitor.keyspace.Layout judges the name); a key with no TTL under a prefix that
-# it is not certain about, with what INSPECT would have read: 3, type (not a
-# string); 5, {size, head, tail} (a string too large to read whole); 6, value; 4, 0 the reply's byte
-# budget is spent (INSPECT it); 8, 0 over the limit. A dry run also lists what it
-# would do per key: 1, ms TTL; 2, bytes delete (tests/test_decide_script.py).
-# "Certain" is narrow on purpose: printable ASCII, strict JSON numbers, shallow
-# nesting, date_done in the exact ISO forms Celery writes and a valid calendar
-# date; anything else costs one more round trip, never a different decision.
-DECIDE = r"""
-local cursor, token, dry = ARGV[1], ARGV[5], ARGV[6] == '1'
-local now, rttl, fttl, pending = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local tol, maxv, tp, gp, budget = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13], ARGV[14], tonumber(ARGV[15])
-local tn, gn = #tp, #gp
-local naive_utc, edge = ARGV[16] == '1', tonumber(ARGV[17])
-if not dry and token ~= '' and redis.call('GET', KEYS[1]) ~= token then
-  return redis.error_reply('FENCED lease lost before this batch')
-end
-local byte, find, match, sub, floor, tonum = string.byte, string.find, string.match, string.sub, math.floor, tonumber
-local maxs = ARGV[12]
-local mdays = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
--- Days since the epoch of a valid 'YYYY-MM-DD', else false; cached, as most results of
--- a page were written on a few days.
-local days = setmetatable({}, {__index = function(cache, date)
-  local y, mo, d = tonum(sub(date, 1, 4)), tonum(sub(date, 6, 7)), tonum(sub(date, 9, 10))
-  local leap = y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)
-  local n = false
-  if y >= 1971 and y <= 9998 and mo >= 1 and mo <= 12 and d >= 1
-      and d <= mdays[mo] + ((mo == 2 and leap) and 1 or 0) then
-    local era = floor((mo <= 2 and y - 1 or y) / 400)
-    local yoe = (mo <= 2 and y - 1 or y) - era * 400
-    local doy = floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
-    n = era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
-  end
-  cache[date] = n
-  return n
-end})
--- Microseconds since the epoch, or nil for anything but Celery's isoformat().
-local function parse(s)
-  if type(s) ~= 'string' then return nil end
-  local date, h, mi, sec, frac, rest = match(s, '^(%d%d%d%d%-%d%d%-%d%d)[T ](%d%d):(%d%d):(%d%d)%.?(%d*)(.*)$')
-  if not date or not days[date] then return nil end
-  h, mi, sec = tonum(h), tonum(mi), tonum(sec)
-  if h > 23 or mi > 59 or sec > 59 then return nil end
-  local us, off = 0, 0
-  if frac ~= '' then
-    if #frac > 6 or byte(s, 20) ~= 46 then return nil end
-    us = tonum(frac) * 10 ^ (6 - #frac)
-  elseif byte(s, 20) == 46 then
-    return nil
-  end
-  if rest == '' and not naive_utc then return nil end
-  if rest ~= '' and rest ~= 'Z' and rest ~= '+00:00' then
-    local sign, oh, om = match(rest, '^([+-])(%d%d):(%d%d)$')
-    if not sign or tonum(oh) > 23 or tonum(om) > 59 then return nil end
-    off = (tonum(oh) * 60 + tonum(om)) * 60
-    if sign == '-' then off = -off end
-  end
-  return (((days[date] * 24 + h) * 60 + mi) * 60 + sec - off) * 1000000 + us
-end
--- A private decoder with cjson's strict numbers (+1, 0x1, 01, inf, nan refused) and
--- a depth Python's json always reaches; the shared cjson's settings stay as they are.
-local json = cjson.new and cjson.new()
-if json then
-  json.decode_invalid_numbers(false)
-  json.decode_max_depth(100)
-end
--- What both decoders read alike: printable ASCII only (Python's json sniffs the
--- encoding of bytes and refuses raw control characters in strings; kombu's json
--- escapes both) and no number strtod takes but JSON does not: -.5, 1. and 1.e5,
--- i.e. a dot after '-', or after a digit and not before one. Anchored patterns:
--- Lua then runs one tight loop over the value, not a match attempt per byte.
-local function certain(v)
-  if not json or byte(v) ~= 123 or not find(v, '^[\32-\126]*$') then return false end
-  local at = find(v, '.', 1, true)
-  while at do
-    local before, _, after = byte(v, at - 1, at + 1)
-    if before == 45 or (before >= 48 and before <= 57 and not (after and after >= 48 and after <= 57)) then
-      return false
-    end
-    at = find(v, '.', at + 1, true)
-  end
-  return true
-end
--- The retention rule for a certain task result: 1, ms or 2, bytes; nil if unsure.
-local ready = {SUCCESS = true, FAILURE = true, REVOKED = true}
--- An id no Celery name check could refuse (janitor.keyspace._plausible_id): a uuid-like one.
-local function plain(k, at)
-  return #k - at < 255 and find(k, '^%w[%w%-%.]*$', at) and not find(k, 'celery-task', at, true)
-end
-local function rule(k, at, v)
-  local ok, m = pcall(json.decode, v)
-  if not ok or type(m) ~= 'table' then return nil end
-  local st, tid, id = m.status, m.task_id, sub(k, at)
-  if m.result == nil or not (tid == nil or tid == cjson.null or tid == id) then return nil end
-  -- The value names the key's id. With no escape in it, the id is bytes of a certain
-  -- (printable ASCII) value, so only the other name checks are left: cheaper than plain().
-  if tid == id and not find(v, '\\', 1, true) then
-    if #id == 0 or #id > 255 or find(id, '*', 1, true) or find(id, '?', 1, true) or find(id, '[', 1, true)
-        or find(id, ']', 1, true) or find(id, 'celery-task', 1, true) then
-      return nil
-    end
-  elseif not plain(k, at) then
-    return nil
-  end
-  if not ready[st] then
-    if type(st) ~= 'string' or #st > 64 or not find(st, '^[A-Za-z][A-Za-z0-9_%-]*$') then return nil end
-    return 1, pending
-  end
-  local done = parse(m.date_done)
-  if not done or now - done < -tol then return nil end
-  local age = now - done
-  if age < 0 then age = 0 end
-  local left = (st == 'FAILURE' and fttl or rttl) * 1000 - age
-  left = (left - left % 1000) / 1000
-  if left <= 0 then return 2, #v end
-  return 1, left
-end
-local keys, first, after = KEYS, 2, ''
-if cursor ~= '' then
-  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', ARGV[2])
-  keys, first, after = page[2], 1, page[1]
-end
-local limit = first + tonum(ARGV[4]) - 1
-local celery, set, deleted, freed = 0, 0, 0, 0
-local out = {after, #keys - first + 1, 0, 0, 0, 0}
-local function hand(k, code, x)
-  local n = #out
-  out[n + 1], out[n + 2], out[n + 3] = k, code, x
-end
-for i = first, #keys do
-  local k = keys[i]
-  local task = find(k, tp, 1, true) == 1
-  local at = task and tn + 1 or (find(k, gp, 1, true) == 1 and gn + 1)
-  if i > limit then
-    hand(k, 8, 0)
-  elseif not at then
-    hand(k, 7, redis.call('PTTL', k))
-  else
-    local pttl = redis.call('PTTL', k)
-    if pttl ~= -1 then
-      if plain(k, at) then celery = celery + 1 else hand(k, 7, pttl) end
-    else
-      celery = celery + 1
-      local v = redis.pcall('GETRANGE', k, '0', maxs)
-      local code, x
-      if type(v) ~= 'string' then
-        code, x = 3, redis.call('TYPE', k)['ok']
-      elseif #v > maxv then
-        local n = redis.call('STRLEN', k)
-        code, x = 5, {n, sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
-      elseif task and certain(v) then
-        code, x = rule(k, at, v)
-      end
-      if code == 1 or code == 2 then
-        if dry then
-          hand(k, code, x)
-        elseif code == 2 then
-          redis.call('UNLINK', k)
-        else
-          redis.call('PEXPIRE', k, x)
-        end
-        if code == 2 then deleted, freed = deleted + 1, freed + x else set = set + 1 end
-      elseif code == 5 then
-        if #x[2] + #x[3] <= budget or #out == 6 then
-          hand(k, code, x)
-          budget = budget - #x[2] - #x[3]
-        else
-          hand(k, 4, 0)
-        end
-      elseif code then
-        hand(k, code, x)
-      elseif #v <= budget or #out == 6 then
-        hand(k, 6, v)
-        budget = budget - #v
-      else
-        hand(k, 4, 0)
-      end
-    end
-  end
-end
-out[3], out[4], out[5], out[6] = celery, set, deleted, freed
-return out
-"""
+Key = bytes | str
 
 
 def sha1(value: bytes) -> str:
     return hashlib.sha1(value, usedforsecurity=False).hexdigest()
 
 
-@functools.cache
-def digest(source: str) -> str:
-    """A script's SHA-1, as EVALSHA names it; worked out once per script, not once per call."""
-    return sha1(source.encode())
+@dataclass(frozen=True)
+class Script:
+    """A script's source and its SHA-1, as EVALSHA names it (worked out once per script)."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", sha1(self.source.encode()))
+
+    @classmethod
+    def packaged(cls, name: str) -> Script:
+        """``janitor/lua/<name>.lua``, read from the installed package."""
+        source = (resources.files("janitor") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+        return cls(name, source)
 
 
+DECIDE = Script.packaged("decide")
+INSPECT = Script.packaged("inspect")
+ACT = Script.packaged("act")
+ACQUIRE = Script.packaged("acquire")
+RENEW = Script.packaged("renew")
+RELEASE = Script.packaged("release")
+SUMMARY = Script.packaged("summary")
+RESULT_HEADS = Script.packaged("result_heads")
+HASH_ORPHANS = Script.packaged("hash_orphans")
+QUEUE_DEPTH = Script.packaged("queue_depth")
+RESTORE = Script.packaged("restore")
+
+
+# -- the tally -----------------------------------------------------------------------------
 @dataclass
 class Tally:
     """Counts every command sent to Redis, by name (Upstash bills each one)."""
@@ -340,17 +80,16 @@ class Tally:
         next_cursor, keys = client.scan(cursor, match=match, count=count)
         return int(next_cursor), [k if isinstance(k, bytes) else k.encode() for k in keys]
 
-    def run(self, client: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
+    def run(self, client: redis.Redis, script: Script, keys: list[bytes], args: list[Any]) -> Any:
         """EVALSHA, loading the script once on NOSCRIPT (after a restart or SCRIPT FLUSH)."""
-        sha = digest(source)
         self.commands["EVALSHA"] += 1
         try:
-            return client.evalsha(sha, len(keys), *keys, *args)
+            return client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             self.commands["SCRIPT LOAD"] += 1
-            client.script_load(source)
+            client.script_load(script.source)
             self.commands["EVALSHA"] += 1
-            return client.evalsha(sha, len(keys), *keys, *args)
+            return client.evalsha(script.sha, len(keys), *keys, *args)
 
 
 @dataclass
@@ -363,24 +102,324 @@ class ReadOnlyTally(Tally):
 
     read_only: bool | None = None  # None until the server has answered
 
-    def run(self, client: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
+    def run(self, client: redis.Redis, script: Script, keys: list[bytes], args: list[Any]) -> Any:
         if self.read_only is False:
-            return super().run(client, source, keys, args)
-        sha = digest(source)
+            return super().run(client, script, keys, args)
         try:
-            return self._ro(client, sha, keys, args)
+            return self._ro(client, script.sha, keys, args)
         except redis.exceptions.NoScriptError:
             self.commands["SCRIPT LOAD"] += 1
-            client.script_load(source)
-            return self._ro(client, sha, keys, args)
+            client.script_load(script.source)
+            return self._ro(client, script.sha, keys, args)
         except redis.ResponseError as exc:
             if "unknown command" not in str(exc).lower():
                 raise
             self.read_only = False
-            return super().run(client, source, keys, args)
+            return super().run(client, script, keys, args)
 
     def _ro(self, client: redis.Redis, digest: str, keys: list[bytes], args: list[Any]) -> Any:
         self.commands["EVALSHA_RO"] += 1
         result = client.evalsha_ro(digest, len(keys), *keys, *args)
         self.read_only = True
         return result
+
+
+# -- the result sweep: DECIDE, INSPECT, ACT ------------------------------------------------
+class Code(enum.IntEnum):
+    """Why DECIDE hands a key back (its reply's per-key code)."""
+
+    SET_TTL = 1  # dry run: it would set the TTL ``ms``
+    DELETE = 2  # dry run: it would delete the value, ``size`` bytes
+    NOT_STRING = 3  # no TTL, not a string: ``type`` says what it is
+    UNREAD = 4  # no TTL, and the reply's byte budget is spent: INSPECT it
+    EDGES = 5  # no TTL, a string too large to read whole: ``value`` is its Edges
+    VALUE = 6  # no TTL, a string it is not certain about: ``value`` is the string
+    BY_NAME = 7  # a name under neither prefix, or one it is unsure of with a TTL: ``pttl``
+    OVER_LIMIT = 8  # past the most keys one call looks at: not read, DECIDE it again by name
+
+    @property
+    def dry_run(self) -> bool:
+        """A dry run's list of what DECIDE would do itself (already in its totals)."""
+        return self in {Code.SET_TTL, Code.DELETE}
+
+    @property
+    def read(self) -> bool:
+        """DECIDE read the key: the row holds what INSPECT would have read."""
+        return self in {Code.NOT_STRING, Code.EDGES, Code.VALUE}
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What DECIDE applies during a pass: janitor.sweeps.rules' TTLs, and how much it may read and return."""
+
+    result_ttl_ms: int
+    failure_ttl_ms: int
+    pending_ttl_ms: int
+    future_tolerance_us: int
+    max_value: int  # largest value read (bytes)
+    task_prefix: bytes
+    group_prefix: bytes
+    budget: int  # reply byte budget
+    naive_utc: bool  # a naive date_done is UTC (else DECIDE hands it to Python)
+    edge: int  # bytes of a too-large value's head and tail to return
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A key DECIDE hands back, with what it read (see :class:`Code`)."""
+
+    key: bytes
+    code: Code
+    type: str = ""  # NOT_STRING: the key's type; EDGES, VALUE: "string"
+    pttl: int = -1  # BY_NAME: the key's PTTL; every other code but OVER_LIMIT is about a key with none
+    value: bytes | Edges | None = None
+    ms: int = 0  # SET_TTL
+    size: int = 0  # DELETE
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """One DECIDE call: what it did itself, and the keys it left to Python."""
+
+    cursor: bytes  # the next SCAN cursor (b"0" at the end), b"" when given keys by name
+    scanned: int
+    celery: int  # Celery keys it judged
+    ttl_set: int
+    deleted: int
+    freed: int  # bytes deleted
+    handed: list[Handed]
+
+
+def decide(
+    tally: Tally,
+    client: redis.Redis,
+    retention: Retention,
+    *,
+    fence: bytes,
+    token: str,
+    dry_run: bool,
+    now_us: int,
+    limit: int,
+    cursor: bytes = b"",
+    count: int = 0,
+    match: str = "",
+    keys: Sequence[bytes] = (),
+) -> Decided:
+    """DECIDE over the SCAN page at ``cursor`` (``count``, ``match``), or, with ``cursor`` b"", over ``keys``.
+
+    Looks at ``limit`` keys at most; refused (``FENCED``) unless ``fence`` holds ``token`` ("" = no fence).
+    """
+    r = retention
+    args = [cursor, count, match, limit, token, int(dry_run), now_us]
+    args += [r.result_ttl_ms, r.failure_ttl_ms, r.pending_ttl_ms, r.future_tolerance_us, r.max_value]
+    args += [r.task_prefix, r.group_prefix, r.budget, int(r.naive_utc), r.edge]
+    reply = tally.run(client, DECIDE, [fence, *keys], args)
+    after, scanned, celery, ttl_set, deleted, freed = reply[:6]
+    handed = [_handed(k, c, d) for k, c, d in zip(reply[6::3], reply[7::3], reply[8::3], strict=True)]
+    return Decided(after, scanned, celery, ttl_set, deleted, freed, handed)
+
+
+def _handed(key: bytes, code: int, detail: Any) -> Handed:
+    c = Code(code)
+    if c is Code.BY_NAME:
+        return Handed(key, c, pttl=int(detail))
+    if c is Code.NOT_STRING:
+        return Handed(key, c, type=_text(detail))
+    if c is Code.EDGES:
+        return Handed(key, c, type="string", value=Edges.of(detail))
+    if c is Code.VALUE:
+        return Handed(key, c, type="string", value=detail)
+    if c is Code.SET_TTL:
+        return Handed(key, c, ms=int(detail))
+    if c is Code.DELETE:
+        return Handed(key, c, size=int(detail))
+    return Handed(key, c)
+
+
+@dataclass(frozen=True, slots=True)
+class Inspected:
+    """INSPECT's row for one key."""
+
+    key: bytes
+    type: str  # "none": gone; "": has a TTL and was not read (unless read_ttl); else its type
+    pttl: int
+    value: bytes | Edges | None  # the string, a too-large string's edges, or nothing read
+
+
+def inspect(
+    tally: Tally, client: redis.Redis, *, keys: Sequence[bytes], max_value: int, budget: int, read_ttl: bool, edge: int
+) -> list[Inspected]:
+    """Type, TTL and value of ``keys``; a prefix of them once the ``budget`` bytes are spent.
+
+    ``read_ttl``: read keys that have a TTL too (cap mode, census). A string over ``max_value``
+    bytes comes back as its length and ``edge`` bytes of head and tail."""
+    rows = tally.run(client, INSPECT, list(keys), [max_value, budget, int(read_ttl), edge])
+    return [Inspected(k, _text(t), int(p), _value(v)) for k, (t, p, v) in zip(keys, rows, strict=False)]
+
+
+def _value(value: Any) -> bytes | Edges | None:
+    if isinstance(value, list):
+        return Edges.of(value)
+    return value if isinstance(value, bytes) else None
+
+
+class Op(enum.StrEnum):
+    """What ACT does to one key (the wire values are ACT's)."""
+
+    SET_TTL = "x"  # set a TTL on a key that has none
+    CAP_TTL = "c"  # shorten a longer TTL
+    DELETE = "d"  # unlink a key with no TTL
+    DELETE_ANY = "D"  # unlink, whatever its TTL (cap mode)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One ACT target: ``op`` with TTL ``ms``, applied only if ``guard`` holds (see janitor/lua/act.lua)."""
+
+    key: bytes
+    op: Op
+    ms: int
+    guard: str
+
+
+def act(tally: Tally, client: redis.Redis, *, fence: bytes, token: str, writes: Sequence[Write]) -> list[bool]:
+    """Apply ``writes``; per write, whether it was applied (False: the key changed, left alone).
+
+    Refused whole (``FENCED``) unless ``fence`` holds ``token`` ("" = no fence)."""
+    args: list[Any] = [token]
+    for w in writes:
+        args += [w.op.value, w.ms, w.guard]
+    return [bool(ok) for ok in tally.run(client, ACT, [fence, *(w.key for w in writes)], args)]
+
+
+# -- the lease -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """ACQUIRE's reply: our new token, or, while another holds the lease, how long it has left."""
+
+    token: str = ""
+    holder_pttl: int = 0  # ms, when token is ""
+
+
+def acquire(tally: Tally, client: redis.Redis, *, lease: bytes, epoch: bytes, nonce: str, ttl_ms: int) -> Acquired:
+    """Take the lease if it is free: token ``<INCR epoch>:<nonce>``, for ``ttl_ms``."""
+    reply = tally.run(client, ACQUIRE, [lease, epoch], [nonce, ttl_ms])
+    if isinstance(reply, bytes):
+        return Acquired(token=reply.decode())
+    return Acquired(holder_pttl=int(reply))
+
+
+def renew(tally: Tally, client: redis.Redis, *, lease: bytes, token: str, ttl_ms: int) -> bool:
+    """Give the lease ``ttl_ms`` more if it still holds ``token``."""
+    return bool(tally.run(client, RENEW, [lease], [token, ttl_ms]))
+
+
+def release(tally: Tally, client: redis.Redis, *, lock: Key, token: str) -> bool:
+    """Delete ``lock`` (the lease, kombu's unacked_mutex) if it still holds ``token``."""
+    return bool(tally.run(client, RELEASE, [_key(lock)], [token]))
+
+
+# -- the broker ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Summarised:
+    """SUMMARY's row for one delivery tag."""
+
+    found: bool  # the unacked hash has an entry for it
+    fields: bytes | None  # the summary as JSON; None when the entry is not kombu's JSON
+
+
+def summary(tally: Tally, client: redis.Redis, *, unacked: Key, tags: Sequence[str]) -> list[Summarised]:
+    """The headers the janitor needs of each of ``tags`` (at least one), summarised on the server."""
+    rows = tally.run(client, SUMMARY, [_key(unacked)], list(tags))
+    return [Summarised(row is not None, None if row in {None, b"!"} else row) for row in rows]
+
+
+def result_heads(tally: Tally, client: redis.Redis, *, keys: Sequence[bytes], max_bytes: int) -> list[bytes | None]:
+    """Each key's value when it is a string of at most ``max_bytes``, else None (never read)."""
+    return [v if isinstance(v, bytes) else None for v in tally.run(client, RESULT_HEADS, list(keys), [max_bytes])]
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanPage:
+    """One HSCAN page of the unacked hash: the next cursor, and the fields with no index entry."""
+
+    cursor: bytes
+    orphans: list[bytes]
+
+    @property
+    def last(self) -> bool:
+        return self.cursor == b"0"
+
+
+def hash_orphans(
+    tally: Tally, client: redis.Redis, *, unacked: Key, index: Key, cursor: bytes, count: int
+) -> OrphanPage:
+    """The ``unacked`` fields of one HSCAN page (at ``cursor``, COUNT ``count``) missing from ``index``."""
+    next_cursor, orphans = tally.run(client, HASH_ORPHANS, [_key(unacked), _key(index)], [cursor, count])
+    return OrphanPage(_key(next_cursor), list(orphans))
+
+
+@dataclass(frozen=True, slots=True)
+class SublistDepth:
+    """QUEUE_DEPTH's row for one priority sub-list."""
+
+    length: int
+    stamp: float | None  # the next message's timestamp, when it has one
+
+
+def queue_depth(tally: Tally, client: redis.Redis, *, lists: Sequence[Key]) -> list[SublistDepth]:
+    """Length of each of a queue's priority ``lists``, and the timestamp of its next message."""
+    rows = tally.run(client, QUEUE_DEPTH, [_key(k) for k in lists], [])
+    return [SublistDepth(int(n), float(stamp) if stamp else None) for n, stamp in rows]
+
+
+class Outcome(enum.StrEnum):
+    """What RESTORE did with one message."""
+
+    RESTORED = "restored"  # pushed back to its queues
+    DEAD = "dead"  # pushed to the dead-letter list
+    GONE = "gone"  # no hash entry any more (acked, or restored by kombu)
+    CHANGED = "changed"  # re-delivered since it was read
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    outcome: Outcome
+    restores: int = 0  # RESTORED, DEAD: restores counted so far, this one included
+
+
+def restore(
+    tally: Tally,
+    client: redis.Redis,
+    *,
+    unacked: Key,
+    index: Key,
+    mutex: Key,
+    counter: Key,
+    dead_list: Key,
+    targets: Sequence[Key],
+    tag: str,
+    mutex_token: str,
+    entry: bytes,
+    new_payload: str,
+    delivered_at: float,
+    max_restores: int,
+    counter_ttl_s: int,
+    dead_letter: bool,
+) -> Restored:
+    """Move the message ``tag`` back to ``targets`` (or to ``dead_list``: past ``max_restores``, or
+    ``dead_letter``), if its hash ``entry`` and delivery score are still as read; refused
+    (``FENCED``) unless ``mutex`` holds ``mutex_token``."""
+    keys = [_key(k) for k in (unacked, index, mutex, counter, dead_list, *targets)]
+    args = [tag, mutex_token, sha1(entry), new_payload, repr(delivered_at), max_restores, counter_ttl_s]
+    reply = tally.run(client, RESTORE, keys, [*args, "1" if dead_letter else "0"])
+    outcome, _, n = _text(reply).partition(":")
+    return Restored(Outcome(outcome), int(n or 0))
+
+
+def _key(key: Key) -> bytes:
+    return key if isinstance(key, bytes) else key.encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

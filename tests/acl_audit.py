@@ -23,7 +23,6 @@ import redis
 import redis.client
 
 from janitor import embedded, scripts
-from janitor.sweeps import broker
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "acl.md"
@@ -59,7 +58,7 @@ def _documented_extras(name: str, args: tuple[Any, ...]) -> list[str]:
     db, and ``~<queue>*`` for each queue not named like ``*celery*`` that restore pushes to."""
     if name == "PSUBSCRIBE" and EVENTS.fullmatch(str(args[1])):
         return [f"&{args[1]}"]
-    if name == "EVALSHA" and args[1] == scripts.sha1(broker.RESTORE.encode()):
+    if name == "EVALSHA" and args[1] == scripts.RESTORE.sha:
         queues = args[3 + 5 : 3 + int(args[2])]  # KEYS: unacked, index, mutex, counter, dead list, queues...
         return [f"~{_text(q)}*" for q in queues if b"celery" not in _bytes(q)]
     return []
@@ -116,7 +115,7 @@ class Recorder:
         denied = []
         grant = acl_lines()["janitor"]
         allowed = {t[1:].lower() for t in grant if t.startswith("+")}
-        lua = {m.lower() for path in (ROOT / "janitor").rglob("*.py") for m in LUA_CALL.findall(path.read_text())}
+        lua = {m.lower() for path in (ROOT / "janitor").rglob("*.lua") for m in LUA_CALL.findall(path.read_text())}
         denied += [f"Lua calls {cmd.upper()}, not in docs/acl.md's janitor grant" for cmd in sorted(lua - allowed)]
         replayed = 0
         with embedded.running() as server:

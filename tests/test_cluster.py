@@ -335,12 +335,12 @@ class TestResharding:
         real_run = scripts.Tally.run
         moved: list[int] = []
 
-        def run(self: scripts.Tally, node: redis.Redis, source_: str, keys: list[bytes], args: list[Any]) -> Any:
+        def run(self: scripts.Tally, node: redis.Redis, script: scripts.Script, keys: list[bytes], args: Any) -> Any:
             port = node.connection_pool.connection_kwargs["port"]
             if not moved and port == source and any(k.startswith(b"{celery}_") for k in keys):
                 _move_slot(rc, slot, source, target)  # the whole slot leaves while a batch is in flight
                 moved.append(slot)
-            return real_run(self, node, source_, keys, args)
+            return real_run(self, node, script, keys, args)
 
         monkeypatch.setattr(scripts.Tally, "run", run)
         settings = _settings(rc, JANITOR_KEY_PREFIX="{celery}", JANITOR_SCAN_COUNT="50")
@@ -532,11 +532,11 @@ def _before_fifth_call(monkeypatch: pytest.MonkeyPatch, port: int, fault: Callab
     real_run = scripts.Tally.run
     calls = [0]
 
-    def run(self: scripts.Tally, node: redis.Redis, source: str, keys: list[bytes], args: list[Any]) -> Any:
+    def run(self: scripts.Tally, node: redis.Redis, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
         if node.connection_pool.connection_kwargs["port"] == port:
             calls[0] += 1
             if calls[0] == 5:
                 fault()
-        return real_run(self, node, source, keys, args)
+        return real_run(self, node, script, keys, args)
 
     monkeypatch.setattr(scripts.Tally, "run", run)

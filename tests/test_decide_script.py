@@ -1,6 +1,6 @@
-"""scripts.DECIDE (the retention rules in Lua) against rules.decide (the rules in Python), on real servers.
+"""DECIDE (janitor/lua/decide.lua, the retention rules in Lua) against rules.decide (in Python), on real servers.
 
-DECIDE may hand any key back to Python (code 3, with INSPECT's row); when it acts
+DECIDE may hand any key back to Python (with INSPECT's row); when it acts
 itself it must take exactly the decision decide() takes, to the millisecond, and
 on the JSON Celery writes it must act itself, or the sweep is no faster.
 """
@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import uuid
 from typing import Any
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from janitor import config, scripts
 from janitor.keyspace import Kind, Layout
+from janitor.scripts import Code, Handed, Op
 from janitor.sweeps.results import Fence, SweepReport, _Pass
 from janitor.sweeps.rules import Action, decide
 
@@ -169,36 +171,29 @@ def batches(draw: st.DrawFn) -> tuple[config.Settings, list[tuple[bytes, bytes]]
     return settings, list(dict(items).items())
 
 
-def _rows(reply: list[Any]) -> dict[bytes, tuple[int, Any]]:
-    return {key: (code, detail) for key, code, detail in zip(reply[6::3], reply[7::3], reply[8::3], strict=True)}
-
-
-def _run(client: redis.Redis, settings: config.Settings, items: list[tuple[bytes, bytes]]) -> list[tuple[int, Any]]:
+def _run(client: redis.Redis, settings: config.Settings, items: list[tuple[bytes, bytes]]) -> list[Handed]:
     """DECIDE's dry run over the batch by name, and again SCANning for it: both must say the same, key by key."""
     client.flushdb()
     client.mset(dict(items))
-    replies: list[Any] = []
+    replies: list[scripts.Decided] = []
     run = _Pass(client, settings, SweepReport(dry_run=True), Fence, lambda: NOW)
-    call = run._call
+    decide_script = scripts.decide
 
-    def record(source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
-        reply, seconds = call(source, keys, args)
-        if source == scripts.DECIDE:
-            replies.append(reply)
-        return reply, seconds
+    def record(*args: Any, **kwargs: Any) -> scripts.Decided:
+        reply = decide_script(*args, **kwargs)
+        replies.append(reply)
+        return reply
 
-    run._call = record  # type: ignore[method-assign]
-    run._decide(keys=[key for key, _ in items])
-    by_name = _rows(replies[0])
-    replies.clear()
-    cursor = b"0"
-    while True:
-        cursor, _ = run._decide(cursor)
-        if cursor == b"0":
-            break
-    scanned: dict[bytes, tuple[int, Any]] = {}
-    for reply in replies:
-        scanned.update(_rows(reply))
+    with mock.patch.object(scripts, "decide", record):
+        run._decide(keys=[key for key, _ in items])
+        by_name = {row.key: row for row in replies[0].handed}
+        replies.clear()
+        cursor = b"0"
+        while True:
+            cursor, _ = run._decide(cursor)
+            if cursor == b"0":
+                break
+    scanned = {row.key: row for reply in replies for row in reply.handed}
     assert scanned == by_name
     return [by_name[key] for key, _ in items]
 
@@ -214,12 +209,15 @@ def test_decide_script_agrees_with_the_python_rules(client: redis.Redis, batch: 
         kind, ident = layout.classify(key)
         assert kind in {Kind.TASK, Kind.MALFORMED}
         expected = decide(kind, ident, "string", -1, value, now=NOW, settings=settings)
-        if row[0] != 1 and row[0] != 2:
-            assert row == (6, value)  # left to Python, with the value INSPECT would have read
+        if not row.code.dry_run:
+            assert row == Handed(key, Code.VALUE, "string", -1, value)  # left to Python, with what INSPECT reads
             continue
         assert isinstance(expected, Action), (value, row, expected)
-        assert (row[0], row[1]) == ((2, len(value)) if expected.deletes else (1, expected.ms)), (value, expected)
-        assert expected.op in {"x", "d"}
+        acted = (
+            Handed(key, Code.DELETE, size=len(value)) if expected.deletes else Handed(key, Code.SET_TTL, ms=expected.ms)
+        )
+        assert row == acted, (value, expected)
+        assert expected.op in {Op.SET_TTL, Op.DELETE}
 
 
 @pytest.mark.parametrize(
@@ -244,8 +242,8 @@ def test_decide_script_acts_on_what_celery_writes(client: redis.Redis, settings:
         meta["task_id"] = ident
         items.append((f"celery-task-meta-{ident}".encode(), app.backend.encode(meta).encode()))
     rows = _run(client, settings, items)
-    assert [value for (_key, value), row in zip(items, rows, strict=True) if row[0] not in {1, 2}] == []
-    assert {row[0] for row in rows} == {1, 2}
+    assert [value for (_key, value), row in zip(items, rows, strict=True) if not row.code.dry_run] == []
+    assert {row.code for row in rows} == {Code.SET_TTL, Code.DELETE}
 
 
 @pytest.mark.parametrize("zone", ["Asia/Shanghai", "America/New_York", "Asia/Kolkata"])
@@ -266,13 +264,13 @@ def test_naive_dates_outside_utc_are_decided_in_python(client: redis.Redis, zone
                 naive.add(key)
     rows = _run(client, settings, items)
     for (key, value), row in zip(items, rows, strict=True):
-        assert (row[0] == 6) == (key in naive), (value, row)
+        assert (row.code is Code.VALUE) == (key in naive), (value, row)
         if key in naive:
             action = decide(Kind.TASK, key[17:], "string", -1, value, now=NOW, settings=settings)
             done = dt.datetime.fromisoformat(json.loads(value)["date_done"]).replace(tzinfo=ZoneInfo(zone))
             left_ms = (settings.result_ttl * 1_000_000 - (NOW - done) // dt.timedelta(microseconds=1)) // 1000
             assert action == (
-                Action("x", left_ms, f"L{len(value)}", Kind.TASK, len(value))
+                Action(Op.SET_TTL, left_ms, f"L{len(value)}", Kind.TASK, len(value))
                 if left_ms > 0
-                else Action("d", 0, f"S{len(value)}:{scripts.sha1(value)}", Kind.TASK, len(value))
+                else Action(Op.DELETE, 0, f"S{len(value)}:{scripts.sha1(value)}", Kind.TASK, len(value))
             )

@@ -66,6 +66,7 @@ COMMANDS = {
     "chromium": "chromium",
     "openssl": "openssl",
     "shellcheck": "shellcheck",
+    "luacheck": "lua-check",
 }
 RECORD = '#!/bin/sh\necho "${0##*/} $*" >> "$CALLS"\n'
 

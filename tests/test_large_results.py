@@ -217,14 +217,14 @@ def _big(n: int, fake: str = FAKES[0]) -> str:
 def _reply_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Bytes of every script reply the sweep receives: what crossed the network."""
     seen: list[int] = []
-    call = results._Pass._call
+    run = scripts.Tally.run
 
-    def counting(self: results._Pass, source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
-        reply, seconds = call(self, source, keys, args)
+    def counting(self: scripts.Tally, client: Any, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
+        reply = run(self, client, script, keys, args)
         seen.append(_size(reply))
-        return reply, seconds
+        return reply
 
-    monkeypatch.setattr(results._Pass, "_call", counting)
+    monkeypatch.setattr(scripts.Tally, "run", counting)
     return seen
 
 
@@ -290,13 +290,13 @@ class TestLargeResultsOnRealServers:
         action = decide(Kind.TASK, TID.encode(), "string", -1, edges, now=NOW, settings=config.load({}))
         assert isinstance(action, Action)
         assert action.deletes
-        act = scripts.Tally()
+        write = [scripts.Write(key, action.op, 0, action.guard)]
         for changed in (value[:-3] + b'1"}', value + b" ", value[:10] + b"Z" + value[11:]):
             client.set(key, changed)
-            assert act.run(client, scripts.ACT, [results.FENCE_NONE, key], ["", action.op, 0, action.guard]) == [0]
+            assert scripts.act(scripts.Tally(), client, fence=results.FENCE_NONE, token="", writes=write) == [False]
             assert client.exists(key)
         client.set(key, value[: 3 * MB // 2] + b"w" + value[3 * MB // 2 + 1 :])  # the middle only
-        assert act.run(client, scripts.ACT, [results.FENCE_NONE, key], ["", action.op, 0, action.guard]) == [1]
+        assert scripts.act(scripts.Tally(), client, fence=results.FENCE_NONE, token="", writes=write) == [True]
         assert not client.exists(key)
 
     @pytest.mark.parametrize("mb", [10, 100])

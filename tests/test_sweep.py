@@ -26,6 +26,11 @@ def _snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes, bytes | None, int
     return {k: (client.type(k), client.dump(k), client.pttl(k)) for k in client.scan_iter(count=1000)}
 
 
+def _act(client: redis.Redis, write: scripts.Write) -> list[bool]:
+    """ACT on one key, unfenced: whether it applied."""
+    return scripts.act(scripts.Tally(), client, fence=b"fence", token="", writes=[write])
+
+
 def _assert_unchanged(before: dict[bytes, tuple[bytes, bytes | None, int]], client: redis.Redis) -> None:
     """Same keys, types and bytes; TTLs unchanged (-1 stays -1, running TTLs only counted down)."""
     after = _snapshot(client)
@@ -90,10 +95,9 @@ class TestGuards:
         seen = client.get(key)
         assert seen is not None
         client.set(key, json.dumps(demo.task_meta("t1", "SUCCESS", NOW)))
-        applied = scripts.Tally().run(
-            client, scripts.ACT, [b"fence", key], ["", "d", 0, f"S{len(seen)}:{scripts.sha1(seen)}"]
-        )
-        assert applied == [0]
+        guard = f"S{len(seen)}:{scripts.sha1(seen)}"
+        applied = _act(client, scripts.Write(key, scripts.Op.DELETE, 0, guard))
+        assert applied == [False]
         assert client.exists(key)
 
     def test_a_key_that_got_a_ttl_meanwhile_keeps_it(self, client: redis.Redis) -> None:
@@ -102,8 +106,8 @@ class TestGuards:
         value = client.get(key)
         assert value is not None
         client.expire(key, 50)
-        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "x", 999_000, f"L{len(value)}"])
-        assert applied == [0]
+        applied = _act(client, scripts.Write(key, scripts.Op.SET_TTL, 999_000, f"L{len(value)}"))
+        assert applied == [False]
         assert 0 < client.ttl(key) <= 50
 
     def test_a_started_result_that_finished_meanwhile_gets_no_pending_ttl(self, client: redis.Redis) -> None:
@@ -112,8 +116,8 @@ class TestGuards:
         started = json.dumps(demo.task_meta("t3", "STARTED", None)).encode()
         client.set(key, started)
         client.set(key, json.dumps(demo.task_meta("t3", "SUCCESS", NOW)))
-        applied = scripts.Tally().run(client, scripts.ACT, [b"fence", key], ["", "x", 999_000, f"L{len(started)}"])
-        assert applied == [0]
+        applied = _act(client, scripts.Write(key, scripts.Op.SET_TTL, 999_000, f"L{len(started)}"))
+        assert applied == [False]
         assert client.ttl(key) == -1
 
     def test_fenced_batch_writes_nothing(self, client: redis.Redis, settings: config.Settings) -> None:

@@ -46,129 +46,6 @@ RESTORE_COUNT_TTL_S = 7 * 86400
 MAX_WALK = 200_000
 STATES = ("active", "running", "held", "stuck", "expired", "unreadable", "index_only", "hash_only")
 
-# KEYS[1]: unacked hash. ARGV: delivery tags. Per tag: false (no hash entry),
-# '!' (not kombu's JSON), or a small JSON summary of the headers the janitor
-# needs. cjson runs on the server so a page of large messages costs a page of
-# small replies. Protocol-1 messages keep task fields in the body; a body up to
-# 64 KiB is returned for Python to decode (Lua has no base64).
-SUMMARY = """
-local out = {}
-local vals = redis.call('HMGET', KEYS[1], unpack(ARGV))
-for i = 1, #ARGV do
-  local raw = vals[i]
-  if not raw then
-    out[i] = false
-  else
-    local ok, v = pcall(cjson.decode, raw)
-    if not ok or type(v) ~= 'table' or type(v[1]) ~= 'table' then
-      out[i] = '!'
-    else
-      local m, h, p = v[1], v[1]['headers'], v[1]['properties']
-      if type(h) ~= 'table' then h = {} end
-      if type(p) ~= 'table' then p = {} end
-      local s = {ex = v[2], rk = v[3], task = h['task'], id = h['id'], eta = h['eta'],
-                 expires = h['expires'], retries = h['retries'], priority = p['priority']}
-      if h['task'] == nil and type(m['body']) == 'string' and #m['body'] <= 65536 then
-        s['body'] = m['body']
-        s['enc'] = p['body_encoding']
-      end
-      local ok2, enc = pcall(cjson.encode, s)
-      out[i] = ok2 and enc or '!'
-    end
-  end
-end
-return out
-"""
-
-# KEYS: result keys. ARGV[1]: most bytes to return. Per key: its value when it is a string
-# of at most ARGV[1] bytes, else false. A STARTED meta is a few hundred bytes; a finished
-# task's result may be huge, and is never read here.
-RESULT_HEADS = """
-local out = {}
-for i = 1, #KEYS do
-  local v = false
-  if redis.call('TYPE', KEYS[i])['ok'] == 'string' and redis.call('STRLEN', KEYS[i]) <= tonumber(ARGV[1]) then
-    v = redis.call('GET', KEYS[i])
-  end
-  out[i] = v
-end
-return out
-"""
-
-# KEYS[1]: unacked hash, KEYS[2]: unacked_index. ARGV: cursor, count. One HSCAN
-# page; returns {next cursor, fields with no index entry}. Values stay on the server.
-HASH_ORPHANS = """
-local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local orphans = {}
-for i = 1, #r[2], 2 do
-  if not redis.call('ZSCORE', KEYS[2], r[2][i]) then orphans[#orphans + 1] = r[2][i] end
-end
-return {r[1], orphans}
-"""
-
-# KEYS: priority sub-lists. Per key {LLEN, age stamp or false}: the stamp is
-# properties.timestamp or headers.timestamp of the next message to be consumed
-# (kombu pops from the right). Stock Celery sends none; publishers may add one.
-QUEUE_DEPTH = """
-local out = {}
-for i = 1, #KEYS do
-  local n = redis.call('LLEN', KEYS[i])
-  local ts = false
-  if n > 0 then
-    local ok, m = pcall(cjson.decode, redis.call('LINDEX', KEYS[i], -1))
-    if ok and type(m) == 'table' then
-      local p, h = m['properties'], m['headers']
-      if type(p) == 'table' and type(p['timestamp']) == 'number' then ts = tostring(p['timestamp'])
-      elseif type(h) == 'table' and type(h['timestamp']) == 'number' then ts = tostring(h['timestamp']) end
-    end
-  end
-  out[i] = {n, ts}
-end
-return out
-"""
-
-# KEYS[1] unacked, [2] unacked_index, [3] unacked_mutex, [4] restore counter,
-# [5] dead-letter list, [6..] target lists. ARGV: tag, mutex token, sha1 of the
-# entry as read, new payload, delivery score as read, max restores, counter TTL,
-# '1' to dead-letter regardless of the counter.
-# Atomic, so whoever removes the hash entry owns the restore: kombu's
-# restore_by_tag WATCHes the hash, so its EXEC aborts if we went first, and if
-# it went first we find nothing. The sha1 and score guards refuse an entry that
-# was re-delivered (same tag, new copy) since we read it.
-RESTORE = """
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then
-  return redis.error_reply('FENCED unacked_mutex lost')
-end
-local tag = ARGV[1]
-local raw = redis.call('HGET', KEYS[1], tag)
-if not raw then
-  redis.call('ZREM', KEYS[2], tag)
-  return 'gone'
-end
-local score = redis.call('ZSCORE', KEYS[2], tag)
-if redis.sha1hex(raw) ~= ARGV[3] or not score or math.abs(tonumber(score) - tonumber(ARGV[5])) > 0.001 then
-  return 'changed'
-end
-redis.call('HDEL', KEYS[1], tag)
-redis.call('ZREM', KEYS[2], tag)
-local n = redis.call('INCR', KEYS[4])
-redis.call('EXPIRE', KEYS[4], ARGV[7])
-if ARGV[8] == '1' or n > tonumber(ARGV[6]) then
-  redis.call('LPUSH', KEYS[5], ARGV[4])
-  return 'dead:' .. n
-end
-for i = 6, #KEYS do
-  redis.call('RPUSH', KEYS[i], ARGV[4])
-end
-return 'restored:' .. n
-"""
-
-# KEYS[1]: unacked_mutex. ARGV[1]: our token. Compare-and-delete, as redis-py's Lock.release.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 # -- report types --------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -462,7 +339,7 @@ def _index_pages(client: redis.Redis, index: str, size: int, report: BrokerRepor
 def _summarise(
     client: redis.Redis, keys: BrokerKeys, page: list[tuple[str, float]], settings: Settings, report: BrokerReport
 ) -> list[UnackedMessage]:
-    rows = report.tally.run(client, SUMMARY, [keys.unacked.encode()], [t for t, _ in page])
+    rows = scripts.summary(report.tally, client, unacked=keys.unacked, tags=[t for t, _ in page])
     vt = settings.visibility_timeout
     out: list[UnackedMessage] = []
     for (tag, delivered), row in zip(page, rows, strict=True):
@@ -470,10 +347,10 @@ def _summarise(
         age = report.now - delivered
         if report.oldest_unacked_age_s is None or age > report.oldest_unacked_age_s:
             report.oldest_unacked_age_s = age
-        if row is None:
+        if not row.found:
             report.by_state["index_only"] += 1
             continue
-        fields = _fields(row)
+        fields = None if row.fields is None else _fields(row.fields)
         if fields is None:
             report.by_state["unreadable"] += 1
             continue
@@ -535,8 +412,6 @@ def _settle(msg: UnackedMessage, report: BrokerReport) -> None:
 
 
 def _fields(row: bytes) -> dict[str, Any] | None:
-    if row == b"!":
-        return None
     try:
         fields = json.loads(row)
     except ValueError:
@@ -569,8 +444,8 @@ def _started_on(
     ids = sorted({m.task_id for m in messages if m.task_id})
     if not ids:
         return {}
-    values = report.tally.run(
-        client, RESULT_HEADS, [layout.task_prefix + i.encode() for i in ids], [settings.max_value_bytes]
+    values = scripts.result_heads(
+        report.tally, client, keys=[layout.task_prefix + i.encode() for i in ids], max_bytes=settings.max_value_bytes
     )
     hosts = {}
     for task_id, raw in zip(ids, values, strict=True):
@@ -593,12 +468,12 @@ def _hash_orphans(client: redis.Redis, keys: BrokerKeys, settings: Settings, rep
     """Count ``unacked`` entries with no ``unacked_index`` entry (kombu never restores those)."""
     cursor = b"0"
     while True:
-        next_cursor, orphans = report.tally.run(
-            client, HASH_ORPHANS, [keys.unacked.encode(), keys.index.encode()], [cursor, settings.unacked_page]
+        page = scripts.hash_orphans(
+            report.tally, client, unacked=keys.unacked, index=keys.index, cursor=cursor, count=settings.unacked_page
         )
-        report.by_state["hash_only"] += len(orphans)
-        cursor = next_cursor
-        if cursor in {b"0", 0, "0"}:
+        report.by_state["hash_only"] += len(page.orphans)
+        cursor = page.cursor
+        if page.last:
             return
 
 
@@ -634,14 +509,14 @@ def _queue_depths(client: redis.Redis, keys: BrokerKeys, report: BrokerReport, n
     out = []
     for name in sorted(names):
         lists = keys.sublists(name)
-        rows = report.tally.run(client, QUEUE_DEPTH, [k.encode() for k in lists], [])
+        rows = scripts.queue_depth(report.tally, client, lists=list(lists))
         by_priority: dict[int, int] = collections.Counter()
         stamps = []
-        for step, (length, stamp) in zip(lists.values(), rows, strict=True):
-            if int(length):
-                by_priority[step] += int(length)
-            if stamp:
-                stamps.append(float(stamp))
+        for step, row in zip(lists.values(), rows, strict=True):
+            if row.length:
+                by_priority[step] += row.length
+            if row.stamp is not None:
+                stamps.append(row.stamp)
         oldest = report.now - min(stamps) if stamps else None
         out.append(QueueDepth(name, sum(by_priority.values()), dict(sorted(by_priority.items())), oldest))
     return out
@@ -722,7 +597,7 @@ def restore(
             )
     finally:
         if not dry_run:
-            out.tally.run(client, RELEASE, [keys.mutex.encode()], [token])
+            scripts.release(out.tally, client, lock=keys.mutex, token=token)
     return out
 
 
@@ -775,43 +650,36 @@ def _restore_page(
         home = queues[0] if queues else str(routing_key or exchange or "unroutable")
         if out.dry_run:
             restores = int(count or 0) + 1
-            result = "dead" if reason or restores > settings.max_restores else "restored"
+            dead = reason or restores > settings.max_restores
+            result = scripts.Restored(scripts.Outcome.DEAD if dead else scripts.Outcome.RESTORED, restores)
         else:
-            targets = [keys.q_for_pri(q, priority) for q in queues]
-            reply = out.tally.run(
+            result = scripts.restore(
+                out.tally,
                 client,
-                RESTORE,
-                [
-                    k.encode()
-                    for k in (
-                        keys.unacked,
-                        keys.index,
-                        keys.mutex,
-                        keys.counter(msg.tag),
-                        keys.dead_list(home),
-                        *targets,
-                    )
-                ],
-                [
-                    msg.tag,
-                    token,
-                    scripts.sha1(raw),
-                    new_payload,
-                    repr(msg.delivered_at),
-                    settings.max_restores,
-                    RESTORE_COUNT_TTL_S,
-                    "1" if reason else "0",
-                ],
+                unacked=keys.unacked,
+                index=keys.index,
+                mutex=keys.mutex,
+                counter=keys.counter(msg.tag),
+                dead_list=keys.dead_list(home),
+                targets=[keys.q_for_pri(q, priority) for q in queues],
+                tag=msg.tag,
+                mutex_token=token,
+                entry=raw,
+                new_payload=new_payload,
+                delivered_at=msg.delivered_at,
+                max_restores=settings.max_restores,
+                counter_ttl_s=RESTORE_COUNT_TTL_S,
+                dead_letter=bool(reason),
             )
-            result, _, n = _text(reply).partition(":")
-            restores = int(n or 0)
-        if result == "restored":
+        if result.outcome is scripts.Outcome.RESTORED:
             out.restored[home] += 1
-        elif result == "dead":
+        elif result.outcome is scripts.Outcome.DEAD:
             out.dead_lettered[home] += 1
-            out.dead.append(DeadLetter(msg.tag, msg.task_id, msg.task_name, home, reason or "max_restores", restores))
+            out.dead.append(
+                DeadLetter(msg.tag, msg.task_id, msg.task_name, home, reason or "max_restores", result.restores)
+            )
         else:
-            out.skipped[result] += 1
+            out.skipped[result.outcome.value] += 1
 
 
 def _check_priority_list(

@@ -29,14 +29,7 @@ from janitor.sweeps.rules import Action, Skip, decide
 
 FENCE_NONE = b"celery-janitor:no-fence"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-# DECIDE's codes for a key it left to Python -> (type, value) as INSPECT reads them.
-READ: dict[int, Callable[[Any], tuple[bytes | str, bytes | payload.Edges | None]]] = {
-    3: lambda rtype: (rtype, None),
-    5: lambda edges: ("string", payload.Edges.of(edges)),
-    6: lambda value: ("string", value),
-}
 SPARSE = 100  # DECIDE's SCAN COUNT goes up to this many times scan_count, paced by time
-DECIDED = frozenset({1, 2})  # DECIDE's codes for a TTL set and a delete
 NAME_ONLY = frozenset({Kind.MALFORMED, Kind.CHORD_CLAIM})  # judged by name alone: skipped, or never touched
 # Cluster mode: a script call refused because its slot is moving or has moved to
 # another node. The batch is skipped (never acted on stale routing) and counted.
@@ -152,6 +145,7 @@ class _Pass:
     pacer: Pacer = field(init=False)
     inspect_pacer: Pacer = field(init=False)
     act_pacer: Pacer = field(init=False)
+    retention: scripts.Retention = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -163,6 +157,18 @@ class _Pass:
         self.pacer = Pacer(s.max_batch_ms, s.scan_count, s.max_keys_per_second)
         self.inspect_pacer = Pacer(s.max_batch_ms, s.scan_count)
         self.act_pacer = Pacer(s.max_batch_ms, s.scan_count)
+        self.retention = scripts.Retention(
+            result_ttl_ms=s.result_ttl * 1000,
+            failure_ttl_ms=s.failure_ttl * 1000,
+            pending_ttl_ms=s.pending_ttl * 1000,
+            future_tolerance_us=s.future_tolerance * 1_000_000,
+            max_value=s.max_value_bytes,
+            task_prefix=self.layout.task_prefix,
+            group_prefix=self.layout.group_prefix,
+            budget=s.batch_bytes,
+            naive_utc=s.naive_timezone == "UTC",
+            edge=payload.EDGE_BYTES,
+        )
 
     def batches(self) -> Iterator[None]:
         """Yield after each batch. DECIDE SCANs inside Redis, one page per call; a cluster
@@ -242,72 +248,89 @@ class _Pass:
         """One DECIDE call: over the next SCAN page when ``cursor`` is given, else over ``keys``.
         Decides in Python what DECIDE handed back, INSPECTs what it could not read, ACTs on both.
         Returns the next cursor and how many keys the page held."""
-        s, now = self.settings, self.clock()
+        now = self.clock()
         # A SCAN page can hold more keys than COUNT (during a rehash): past twice what fits in the
         # time target, the rest of the page is handed back and goes by name in the next calls.
         size, limit = (self.scan_pacer.size, 2 * self.pacer.size) if cursor else (len(keys), len(keys))
         current = self._fenced(Fence() if self.report.dry_run else self.fence(), keys)
-        args = [cursor, size, SCAN_MATCH, limit, current.token, int(self.report.dry_run)]
-        args += [(now - EPOCH) // rules.MICROSECOND, s.result_ttl * 1000, s.failure_ttl * 1000, s.pending_ttl * 1000]
-        args += [s.future_tolerance * 1_000_000, s.max_value_bytes, self.layout.task_prefix, self.layout.group_prefix]
-        args += [s.batch_bytes, int(s.naive_timezone == "UTC"), payload.EDGE_BYTES]
-        reply, seconds = self._call(scripts.DECIDE, [current.key, *keys], args)
-        after, scanned, celery, ttl_set, deleted, freed = reply[:6]
+        started = self.timer()
+        reply = scripts.decide(
+            self.report.tally,
+            self.client,
+            self.retention,
+            fence=current.key,
+            token=current.token,
+            dry_run=self.report.dry_run,
+            now_us=(now - EPOCH) // rules.MICROSECOND,
+            limit=limit,
+            cursor=cursor,
+            count=size,
+            match=SCAN_MATCH,
+            keys=keys,
+        )
+        seconds = self.timer() - started
         if cursor:  # COUNT sizes the SCAN, the limit the keys DECIDE reads: each pacer learns its own
             self.scan_pacer.observe(size, seconds)
-            self.report.scanned += scanned
-        self.pacer.observe(min(scanned, limit), seconds)
-        self.report.celery_keys += celery
-        self.report.bytes_deleted += freed
-        self.report.ttl_applied.update({Kind.TASK: ttl_set} if ttl_set else {})
-        self.report.deleted.update({Kind.TASK: deleted} if deleted else {})
+            self.report.scanned += reply.scanned
+        self.pacer.observe(min(reply.scanned, limit), seconds)
+        self.report.celery_keys += reply.celery
+        self.report.bytes_deleted += reply.freed
+        self.report.ttl_applied.update({Kind.TASK: reply.ttl_set} if reply.ttl_set else {})
+        self.report.deleted.update({Kind.TASK: reply.deleted} if reply.deleted else {})
         actions: list[tuple[bytes, Action]] = []
         unread: list[tuple[bytes, Kind, bytes]] = []
         over: list[bytes] = []
-        for key, code, detail in zip(reply[6::3], reply[7::3], reply[8::3], strict=True):
-            if code in DECIDED:  # a dry run's list of what DECIDE would do: already counted
+        for row in reply.handed:
+            if row.code.dry_run:  # what DECIDE would do: already counted
                 continue
-            candidate = (key, *self.layout.classify(key))
-            if code == 7:  # a name DECIDE is unsure of: judged here, read only if it has no TTL
+            candidate = (row.key, *self.layout.classify(row.key))
+            if row.code is scripts.Code.BY_NAME:  # judged here, read only if it has no TTL
                 if candidate[1] is Kind.OTHER:
                     continue
                 self.report.celery_keys += 1
                 if candidate[1] in NAME_ONLY:
-                    self._rule(candidate, "", detail, None, now=now, actions=actions)
-                elif detail == -1:
+                    self._rule(candidate, "", row.pttl, None, now=now, actions=actions)
+                elif row.pttl == -1:
                     unread.append(candidate)
-            elif code in READ:
-                rtype, value = READ[code](detail)
-                self._rule(candidate, rtype, -1, value, now=now, actions=actions)
-            elif code == 4:
+            elif row.code.read:
+                self._rule(candidate, row.type, -1, row.value, now=now, actions=actions)
+            elif row.code is scripts.Code.UNREAD:
                 unread.append(candidate)
-            elif code == 8:
-                over.append(key)
+            elif row.code is scripts.Code.OVER_LIMIT:
+                over.append(row.key)
         self._inspect(unread, now, actions)
         self._act_all(actions)
         for start in range(0, len(over), self.pacer.size):
             self._decide(keys=over[start : start + self.pacer.size])
-        return after, scanned
+        return reply.cursor, reply.scanned
 
     def _inspect(
         self, candidates: list[tuple[bytes, Kind, bytes]], now: dt.datetime, actions: list[tuple[bytes, Action]]
     ) -> None:
         """Read type, TTL and value (INSPECT), decide each key in Python."""
         s = self.settings
-        args = [s.max_value_bytes, s.batch_bytes, int(s.cap_ttl), payload.EDGE_BYTES]
         start = 0
         while start < len(candidates):
             part = candidates[start : start + self.inspect_pacer.size]
-            rows, seconds = self._call(scripts.INSPECT, [key for key, _, _ in part], args)
-            self.inspect_pacer.observe(len(part), seconds)
-            for candidate, (rtype, pttl, value) in zip(part, rows, strict=False):
-                self._rule(candidate, rtype, int(pttl), inspected(value), now=now, actions=actions)
+            started = self.timer()
+            rows = scripts.inspect(
+                self.report.tally,
+                self.client,
+                keys=[key for key, _, _ in part],
+                max_value=s.max_value_bytes,
+                budget=s.batch_bytes,
+                read_ttl=s.cap_ttl,
+                edge=payload.EDGE_BYTES,
+            )
+            self.inspect_pacer.observe(len(part), self.timer() - started)
+            for candidate, row in zip(part, rows, strict=False):
+                self._rule(candidate, row.type, row.pttl, row.value, now=now, actions=actions)
             start += len(rows)
 
     def _rule(
         self,
         candidate: tuple[bytes, Kind, bytes],
-        rtype: bytes | str,
+        rtype: str,
         pttl: int,
         value: bytes | payload.Edges | None,
         *,
@@ -315,7 +338,7 @@ class _Pass:
         actions: list[tuple[bytes, Action]],
     ) -> None:
         key, kind, ident = candidate
-        decision = decide(kind, ident, _text(rtype), pttl, value, now=now, settings=self.settings)
+        decision = decide(kind, ident, rtype, pttl, value, now=now, settings=self.settings)
         if isinstance(decision, Skip):
             self.report.skipped[decision.reason] += 1
             if decision.size:
@@ -332,22 +355,20 @@ class _Pass:
 
     def _act(self, actions: list[tuple[bytes, Action]]) -> None:
         if self.report.dry_run:
-            applied = [1] * len(actions)
+            applied = [True] * len(actions)
         else:
-            keys = [key for key, _ in actions]
-            current = self._fenced(self.fence(), keys)
-            args: list[Any] = [current.token]
-            for _key, action in actions:
-                args += [action.op, action.ms, action.guard]
-            applied, seconds = self._call(scripts.ACT, [current.key, *keys], args)
-            self.act_pacer.observe(len(keys), seconds)
+            current = self._fenced(self.fence(), [key for key, _ in actions])
+            writes = [scripts.Write(key, action.op, action.ms, action.guard) for key, action in actions]
+            started = self.timer()
+            applied = scripts.act(self.report.tally, self.client, fence=current.key, token=current.token, writes=writes)
+            self.act_pacer.observe(len(writes), self.timer() - started)
         for (_key, action), ok in zip(actions, applied, strict=True):
             if not ok:
                 self.report.raced += 1
             elif action.deletes:
                 self.report.deleted[action.kind] += 1
                 self.report.bytes_deleted += action.size
-            elif action.op == "c":
+            elif action.op is scripts.Op.CAP_TTL:
                 self.report.ttl_capped[action.kind] += 1
             else:
                 self.report.ttl_applied[action.kind] += 1
@@ -364,23 +385,6 @@ class _Pass:
             self.report.unfenced += 1
         return Fence(keys[0], "")
 
-    def _call(self, source: str, keys: list[bytes], args: list[Any]) -> tuple[Any, float]:
-        """Run a script; also return how long the call took (an upper bound on Redis's busy time)."""
-        started = self.timer()
-        result = self.report.tally.run(self.client, source, keys, args)
-        return result, self.timer() - started
-
-
-def inspected(value: Any) -> bytes | payload.Edges | None:
-    """INSPECT's value column: the bytes, a too-large string's edges, or nothing read."""
-    if isinstance(value, list):
-        return payload.Edges.of(value)
-    return value if isinstance(value, bytes) else None
-
 
 def _plain(counter: collections.Counter[str]) -> dict[str, int]:
     return {str(k): v for k, v in sorted(counter.items()) if v}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from janitor import payload
 from janitor.config import Settings
 from janitor.keyspace import EXPECTED_TYPES, Kind
-from janitor.scripts import sha1
+from janitor.scripts import Op, sha1
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One write: ``op`` as in :data:`janitor.scripts.ACT`, ``ms`` the TTL to set."""
+    """One write: ``op`` for :func:`janitor.scripts.act`, ``ms`` the TTL to set."""
 
-    op: str
+    op: Op
     ms: int
     guard: str
     kind: Kind
@@ -28,7 +28,7 @@ class Action:
 
     @property
     def deletes(self) -> bool:
-        return self.op in {"d", "D"}
+        return self.op in {Op.DELETE, Op.DELETE_ANY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ def decide(
             ident, meta, pttl, guard=guard, delete_guard=delete_guard, size=len(value), now=now, settings=settings
         )
     if kind is Kind.PIDBOX_REPLY:
-        return None if has_ttl else Action("x", settings.reply_ttl * 1000, "", kind)
+        return None if has_ttl else Action(Op.SET_TTL, settings.reply_ttl * 1000, "", kind)
     if kind is Kind.GROUP and value is not None:
         try:
             if not payload.is_group_meta(value, max_bytes=settings.max_value_bytes):
@@ -119,8 +119,8 @@ def _large(
 def _ttl(pttl: int, ms: int, guard: str, kind: Kind, size: int = 0) -> Action | None:
     """Give a TTL to a key with none, or shorten a longer one (cap mode, past CAP_SLACK_MS)."""
     if pttl == -1:
-        return Action("x", ms, guard, kind, size)
-    return Action("c", ms, guard, kind, size) if pttl > ms + CAP_SLACK_MS else None
+        return Action(Op.SET_TTL, ms, guard, kind, size)
+    return Action(Op.CAP_TTL, ms, guard, kind, size) if pttl > ms + CAP_SLACK_MS else None
 
 
 def _task(
@@ -139,11 +139,11 @@ def _task(
     if not meta.ready or meta.date_done is None:
         return _ttl(pttl, settings.pending_ttl * 1000, guard, Kind.TASK, size)
     ttl = settings.failure_ttl if meta.status == "FAILURE" else settings.result_ttl
-    # Whole microseconds, as scripts.DECIDE computes them, so both decide alike to the millisecond.
+    # Whole microseconds, as DECIDE (janitor/lua/decide.lua) computes them, so both decide alike to the millisecond.
     age_us = (now - meta.date_done) // MICROSECOND
     if age_us < -settings.future_tolerance * 1_000_000:
         return Skip("future_date_done", size)
     remaining_ms = (ttl * 1_000_000 - max(age_us, 0)) // 1000
     if remaining_ms <= 0:
-        return Action("d" if pttl == -1 else "D", 0, delete_guard, Kind.TASK, size)
+        return Action(Op.DELETE if pttl == -1 else Op.DELETE_ANY, 0, delete_guard, Kind.TASK, size)
     return _ttl(pttl, remaining_ms, guard, Kind.TASK, size)

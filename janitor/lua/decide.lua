@@ -1,0 +1,220 @@
+-- DECIDE: the retention rules of janitor.sweeps.rules for the common case, evaluated where
+-- the values are, so they never cross the network: a JSON task result with no TTL.
+-- Two ways to get its keys: SCAN them itself (ARGV[1] a cursor: one call per page, no key
+-- crosses the network twice), or KEYS[2..] (ARGV[1] ''; Redis Cluster, where a call's keys
+-- must share a slot, and what a page left over).
+--
+-- KEYS[1]     the fence: the lease key
+-- KEYS[2..n]  the keys to judge, when ARGV[1] is ''
+-- ARGV[1]     SCAN cursor, or '' to judge KEYS[2..]
+-- ARGV[2]     SCAN COUNT
+-- ARGV[3]     SCAN MATCH
+-- ARGV[4]     most keys to look at (the rest are handed back, code 8)
+-- ARGV[5]     the token the lease key must hold ('' = none; a dry run does not check it)
+-- ARGV[6]     '1' dry run: write nothing, and list what it would do
+-- ARGV[7]     now, microseconds since the epoch
+-- ARGV[8]     TTL of a finished result (ms)
+-- ARGV[9]     TTL of a FAILURE (ms)
+-- ARGV[10]    TTL of a result not finished (pending, ms)
+-- ARGV[11]    future tolerance (us): a date_done further ahead goes to Python
+-- ARGV[12]    largest value to read (bytes)
+-- ARGV[13]    task key prefix
+-- ARGV[14]    group key prefix
+-- ARGV[15]    reply byte budget
+-- ARGV[16]    '1' when a naive date_done is UTC (JANITOR_NAIVE_TIMEZONE; otherwise naive
+--             dates go to Python)
+-- ARGV[17]    bytes of a too-large value's head and tail to return
+--
+-- Returns {next cursor | '', keys scanned, Celery keys it judged, TTLs set, keys deleted,
+-- bytes deleted}, then key, code, detail for each key it hands back (janitor.scripts.Code):
+--   7, pttl    a key under neither prefix, or a Celery name it is unsure of that has a TTL
+--              (janitor.keyspace.Layout judges the name);
+-- a key with no TTL under a prefix that it is not certain about, with what INSPECT would
+-- have read:
+--   3, type    not a string
+--   5, {size, head, tail}   a string too large to read whole
+--   6, value   the value
+--   4, 0       the reply's byte budget is spent (INSPECT it)
+--   8, 0       over the limit (ARGV[4])
+-- A dry run also lists what it would do per key (tests/test_decide_script.py):
+--   1, ms      set this TTL
+--   2, bytes   delete a value of this length
+-- Fails with 'FENCED ...', writing nothing, when the lease key does not hold the token.
+--
+-- "Certain" is narrow on purpose: printable ASCII, strict JSON numbers, shallow nesting,
+-- date_done in the exact ISO forms Celery writes and a valid calendar date; anything else
+-- costs one more round trip, never a different decision.
+
+local cursor, token, dry = ARGV[1], ARGV[5], ARGV[6] == '1'
+local now, rttl, fttl, pending = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local tol, maxv, tp, gp, budget = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13], ARGV[14], tonumber(ARGV[15])
+local tn, gn = #tp, #gp
+local naive_utc, edge = ARGV[16] == '1', tonumber(ARGV[17])
+if not dry and token ~= '' and redis.call('GET', KEYS[1]) ~= token then
+  return redis.error_reply('FENCED lease lost before this batch')
+end
+local byte, find, match, sub, floor, tonum = string.byte, string.find, string.match, string.sub, math.floor, tonumber
+local maxs = ARGV[12]
+local mdays = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
+-- Days since the epoch of a valid 'YYYY-MM-DD', else false; cached, as most results of
+-- a page were written on a few days.
+local days = setmetatable({}, {__index = function(cache, date)
+  local y, mo, d = tonum(sub(date, 1, 4)), tonum(sub(date, 6, 7)), tonum(sub(date, 9, 10))
+  local leap = y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)
+  local n = false
+  if y >= 1971 and y <= 9998 and mo >= 1 and mo <= 12 and d >= 1
+      and d <= mdays[mo] + ((mo == 2 and leap) and 1 or 0) then
+    local era = floor((mo <= 2 and y - 1 or y) / 400)
+    local yoe = (mo <= 2 and y - 1 or y) - era * 400
+    local doy = floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+    n = era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
+  end
+  cache[date] = n
+  return n
+end})
+-- Microseconds since the epoch, or nil for anything but Celery's isoformat().
+local function parse(s)
+  if type(s) ~= 'string' then return nil end
+  local date, h, mi, sec, frac, rest = match(s, '^(%d%d%d%d%-%d%d%-%d%d)[T ](%d%d):(%d%d):(%d%d)%.?(%d*)(.*)$')
+  if not date or not days[date] then return nil end
+  h, mi, sec = tonum(h), tonum(mi), tonum(sec)
+  if h > 23 or mi > 59 or sec > 59 then return nil end
+  local us, off = 0, 0
+  if frac ~= '' then
+    if #frac > 6 or byte(s, 20) ~= 46 then return nil end
+    us = tonum(frac) * 10 ^ (6 - #frac)
+  elseif byte(s, 20) == 46 then
+    return nil
+  end
+  if rest == '' and not naive_utc then return nil end
+  if rest ~= '' and rest ~= 'Z' and rest ~= '+00:00' then
+    local sign, oh, om = match(rest, '^([+-])(%d%d):(%d%d)$')
+    if not sign or tonum(oh) > 23 or tonum(om) > 59 then return nil end
+    off = (tonum(oh) * 60 + tonum(om)) * 60
+    if sign == '-' then off = -off end
+  end
+  return (((days[date] * 24 + h) * 60 + mi) * 60 + sec - off) * 1000000 + us
+end
+-- A private decoder with cjson's strict numbers (+1, 0x1, 01, inf, nan refused) and
+-- a depth Python's json always reaches; the shared cjson's settings stay as they are.
+local json = cjson.new and cjson.new()
+if json then
+  json.decode_invalid_numbers(false)
+  json.decode_max_depth(100)
+end
+-- What both decoders read alike: printable ASCII only (Python's json sniffs the
+-- encoding of bytes and refuses raw control characters in strings; kombu's json
+-- escapes both) and no number strtod takes but JSON does not: -.5, 1. and 1.e5,
+-- i.e. a dot after '-', or after a digit and not before one. Anchored patterns:
+-- Lua then runs one tight loop over the value, not a match attempt per byte.
+local function certain(v)
+  if not json or byte(v) ~= 123 or not find(v, '^[\32-\126]*$') then return false end
+  local at = find(v, '.', 1, true)
+  while at do
+    local before, _, after = byte(v, at - 1, at + 1)
+    if before == 45 or (before >= 48 and before <= 57 and not (after and after >= 48 and after <= 57)) then
+      return false
+    end
+    at = find(v, '.', at + 1, true)
+  end
+  return true
+end
+-- The retention rule for a certain task result: 1, ms or 2, bytes; nil if unsure.
+local ready = {SUCCESS = true, FAILURE = true, REVOKED = true}
+-- An id no Celery name check could refuse (janitor.keyspace._plausible_id): a uuid-like one.
+local function plain(k, at)
+  return #k - at < 255 and find(k, '^%w[%w%-%.]*$', at) and not find(k, 'celery-task', at, true)
+end
+local function rule(k, at, v)
+  local ok, m = pcall(json.decode, v)
+  if not ok or type(m) ~= 'table' then return nil end
+  local st, tid, id = m.status, m.task_id, sub(k, at)
+  if m.result == nil or not (tid == nil or tid == cjson.null or tid == id) then return nil end
+  -- The value names the key's id. With no escape in it, the id is bytes of a certain
+  -- (printable ASCII) value, so only the other name checks are left: cheaper than plain().
+  if tid == id and not find(v, '\\', 1, true) then
+    if #id == 0 or #id > 255 or find(id, '*', 1, true) or find(id, '?', 1, true) or find(id, '[', 1, true)
+        or find(id, ']', 1, true) or find(id, 'celery-task', 1, true) then
+      return nil
+    end
+  elseif not plain(k, at) then
+    return nil
+  end
+  if not ready[st] then
+    if type(st) ~= 'string' or #st > 64 or not find(st, '^[A-Za-z][A-Za-z0-9_%-]*$') then return nil end
+    return 1, pending
+  end
+  local done = parse(m.date_done)
+  if not done or now - done < -tol then return nil end
+  local age = now - done
+  if age < 0 then age = 0 end
+  local left = (st == 'FAILURE' and fttl or rttl) * 1000 - age
+  left = (left - left % 1000) / 1000
+  if left <= 0 then return 2, #v end
+  return 1, left
+end
+local keys, first, after = KEYS, 2, ''
+if cursor ~= '' then
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', ARGV[2])
+  keys, first, after = page[2], 1, page[1]
+end
+local limit = first + tonum(ARGV[4]) - 1
+local celery, set, deleted, freed = 0, 0, 0, 0
+local out = {after, #keys - first + 1, 0, 0, 0, 0}
+local function hand(k, code, x)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3] = k, code, x
+end
+for i = first, #keys do
+  local k = keys[i]
+  local task = find(k, tp, 1, true) == 1
+  local at = task and tn + 1 or (find(k, gp, 1, true) == 1 and gn + 1)
+  if i > limit then
+    hand(k, 8, 0)
+  elseif not at then
+    hand(k, 7, redis.call('PTTL', k))
+  else
+    local pttl = redis.call('PTTL', k)
+    if pttl ~= -1 then
+      if plain(k, at) then celery = celery + 1 else hand(k, 7, pttl) end
+    else
+      celery = celery + 1
+      local v = redis.pcall('GETRANGE', k, '0', maxs)
+      local code, x
+      if type(v) ~= 'string' then
+        code, x = 3, redis.call('TYPE', k)['ok']
+      elseif #v > maxv then
+        local n = redis.call('STRLEN', k)
+        code, x = 5, {n, sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
+      elseif task and certain(v) then
+        code, x = rule(k, at, v)
+      end
+      if code == 1 or code == 2 then
+        if dry then
+          hand(k, code, x)
+        elseif code == 2 then
+          redis.call('UNLINK', k)
+        else
+          redis.call('PEXPIRE', k, x)
+        end
+        if code == 2 then deleted, freed = deleted + 1, freed + x else set = set + 1 end
+      elseif code == 5 then
+        if #x[2] + #x[3] <= budget or #out == 6 then
+          hand(k, code, x)
+          budget = budget - #x[2] - #x[3]
+        else
+          hand(k, 4, 0)
+        end
+      elseif code then
+        hand(k, code, x)
+      elseif #v <= budget or #out == 6 then
+        hand(k, 6, v)
+        budget = budget - #v
+      else
+        hand(k, 4, 0)
+      end
+    end
+  end
+end
+out[3], out[4], out[5], out[6] = celery, set, deleted, freed
+return out
