@@ -21,7 +21,7 @@ import redis
 
 from janitor import payload, scripts
 from janitor.config import Settings
-from janitor.keyspace import Kind, Layout
+from janitor.keyspace import KOMBU_SEP, Kind, Layout
 
 # Upper bounds (seconds) of the age and TTL buckets, in display order.
 AGE_BUCKETS: tuple[tuple[str, float], ...] = (
@@ -288,7 +288,7 @@ class _Walk:
 
     def resolve_lists(self) -> None:
         """Lists named by a binding (or JANITOR_QUEUES, or Celery's default) are queues; the rest are other."""
-        queues = {q.strip().encode() for q in self.settings.queues.split(",") if q.strip()} | {b"celery"}
+        queues = {q.encode() for q in self.settings.queue_list} | {b"celery"}
         if self.bindings:
             pipe = self.client.pipeline(transaction=False)
             for key in self.bindings:
@@ -342,7 +342,7 @@ class _Sample:
 
 def _queue_name(name: bytes, sep: bytes) -> bytes:
     """``celery\\x06\\x163`` → ``celery``: a priority sub-list belongs to its queue."""
-    for s in {sep, b"\x06\x16"}:
+    for s in {sep, KOMBU_SEP.encode()}:
         base, found, step = name.rpartition(s)
         if found and step.isdigit():
             return base

@@ -307,7 +307,7 @@ def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
 _SKIP_REASONS = {
     "bad_key_name": "name no Celery client writes",
     "wrong_type": "not the Redis type Celery uses",
-    "too_large": "value over JANITOR_MAX_VALUE_BYTES",
+    "too_large": "over JANITOR_MAX_VALUE_BYTES, unreadable from its edges",
     "not_a_group": "not a saved group result",
     "bad_chord_counter": "chord counter is not a number",
     "id_mismatch": "task_id inside differs from the key",

@@ -1,4 +1,9 @@
-"""Settings: environment only (12-factor), ``JANITOR_`` prefix, validated at start-up."""
+"""Settings: environment only (12-factor), ``JANITOR_`` prefix, validated at start-up.
+
+:func:`load` is the one reader of the environment: it finds the Redis URLs among the
+variables Celery and hosting platforms set, names the variable behind every error,
+and validates everything through :class:`Settings`.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,12 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 import redis
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.retry import Retry
 
 from janitor import connection
 from janitor.connection import mask_url
+from janitor.keyspace import KOMBU_PRIORITY_STEPS, KOMBU_SEP, Layout
 
 # Where the Redis URL may come from, in order. Celery's own variables come last
 # and only count when they name a Redis server.
@@ -37,10 +42,10 @@ class ConfigError(Exception):
     """A setting is missing or wrong; the message names it and says what to do."""
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every setting the janitor reads. Env name = ``JANITOR_`` + field name, upper case."""
 
-    model_config = SettingsConfigDict(env_prefix="JANITOR_", extra="ignore", frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     redis_url: str = Field(default="", repr=False)
     redis_url_source: str = Field(default="", exclude=True)
@@ -88,8 +93,8 @@ class Settings(BaseSettings):
     # broker: must match the workers' broker_transport_options (kombu's defaults shown)
     visibility_timeout: Seconds = 3600
     queues: str = ""  # comma-separated queue names, added to those found in _kombu.binding.*
-    broker_sep: str = "\x06\x16"
-    priority_steps: str = "0,3,6,9"
+    broker_sep: str = KOMBU_SEP
+    priority_steps: str = ",".join(map(str, KOMBU_PRIORITY_STEPS))
     unacked_key: str = "unacked"
     unacked_index_key: str = "unacked_index"
     unacked_mutex_key: str = "unacked_mutex"
@@ -113,6 +118,16 @@ class Settings(BaseSettings):
     @property
     def priority_step_list(self) -> list[int]:
         return [int(s) for s in self.priority_steps.split(",")]
+
+    @property
+    def layout(self) -> Layout:
+        """The result and broker key names under the configured prefixes."""
+        return Layout.for_prefixes(self.key_prefix, self.broker_key_prefix)
+
+    @property
+    def queue_list(self) -> list[str]:
+        """JANITOR_QUEUES, parsed."""
+        return [q.strip() for q in self.queues.split(",") if q.strip()]
 
     # end broker
 
@@ -224,7 +239,6 @@ def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Setti
             "your sentinels monitor (Celery's master_name transport option)"
         )
     try:
-        # model_validate skips pydantic-settings' own os.environ read: `env` is the one source.
         return Settings.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import redis
@@ -26,29 +27,16 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from janitor import (
-    __version__,
-    census,
-    cluster,
-    config,
-    connection,
-    errors,
-    findings,
-    scheduler,
-    scripts,
-    server,
-    status_page,
-)
+from janitor import __version__, cluster, config, connection, errors, scheduler, server, status_page
+from janitor import jobs as all_jobs
 from janitor.config import Settings
 from janitor.errors import Exit
 from janitor.heartbeats import WorkerTracker
-from janitor.keyspace import Layout, glob_escape
+from janitor.jobs import Context, Job
+from janitor.jobs.results import ResultsJob
 from janitor.lease import Change, Keeper, Lease
-from janitor.metrics import Metrics, ResultCensus, SweepRecorder
-from janitor.metrics_broker import BrokerMetrics
+from janitor.metrics import Metrics
 from janitor.status_book import Live, StatusBook
-from janitor.sweeps import broker
-from janitor.sweeps.results import sweep
 
 SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -121,7 +109,7 @@ class RedisHealth:
             if before != "":
                 self._since = self.clock()
         if before != "":
-            self.metrics.redis_up.set(1)
+            self.metrics.gauge("janitor_redis_up").set(1)
             log.info("redis.up", url=self.url, recovered=before is not None)
             if before is not None:
                 self.on_recover()
@@ -129,13 +117,13 @@ class RedisHealth:
     def failed(self, exc: BaseException) -> None:
         failure = errors.classify(exc)
         label = failure.label
-        self.metrics.redis_errors.labels(label).inc()
+        self.metrics.counter("janitor_redis_errors_total").labels(label).inc()
         with self._lock:
             before, self._state, self._reason = self._state, label, failure.message
             if before in {None, ""}:  # a new reason while down keeps the time it went down
                 self._since = self.clock()
         if before != label:
-            self.metrics.redis_up.set(0)
+            self.metrics.gauge("janitor_redis_up").set(0)
             log.error("redis.down", url=self.url, error=label, detail=self._reason, retrying=True)
 
 
@@ -147,19 +135,15 @@ class Daemon:
     client: redis.Redis
     lease: Lease
     metrics: Metrics
-    stop_event: threading.Event = field(default_factory=threading.Event)
     broker_client: redis.Redis | None = None  # the broker's Redis, when it is not the results'
-    health: RedisHealth = field(init=False)
-    jobs: BackgroundScheduler = field(init=False)
-    book: StatusBook = field(init=False)
-    broker_metrics: BrokerMetrics = field(init=False)
     workers: WorkerTracker = field(default_factory=WorkerTracker)
-    sightings: broker.Sightings = field(init=False)
-    _overdue_warned: set[str] = field(default_factory=set)
-    clock: Callable[[], float] = time.time
-    catalog: broker.QueueCatalog = field(init=False)
-    _last_sweep_error: str = ""
-    _swept: bool = False
+    jobs: list[Job] = field(default_factory=list)
+    ctx: Context = field(init=False)
+    health: RedisHealth = field(init=False)
+    book: StatusBook = field(init=False)
+    scheduler: BackgroundScheduler = field(init=False)
+    _failing: dict[str, str] = field(default_factory=dict)  # readiness jobs whose last run failed
+    _completed: set[str] = field(default_factory=set)  # jobs that have finished a full run
     _threads: list[threading.Thread] = field(default_factory=list)
     _http: Any = None
 
@@ -171,7 +155,8 @@ class Daemon:
         lease_client = _client(settings, min(settings.socket_timeout, settings.lease_ttl / 3))
         lease = Lease.for_prefix(lease_client, settings.key_prefix, settings.lease_ttl, cluster=settings.redis_cluster)
         broker_client = _client(settings.for_broker(), settings.socket_timeout) if settings.broker_apart else None
-        return cls(settings, client, lease, Metrics(registry or CollectorRegistry()), broker_client=broker_client)
+        metrics = Metrics(registry or CollectorRegistry())
+        return cls(settings, client, lease, metrics, broker_client=broker_client, jobs=all_jobs.for_settings(settings))
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -179,31 +164,26 @@ class Daemon:
         self.book = StatusBook(
             s,
             live=Live(
-                self.health.snapshot, self.lease.held, self.readiness, lambda: scheduler.next_run(self.jobs, "results")
+                self.health.snapshot,
+                self.lease.held,
+                self.readiness,
+                lambda: scheduler.next_run(self.scheduler, ResultsJob.name),
             ),
         )
-        self.broker_metrics = BrokerMetrics(self.metrics.registry)
-        # New queues are rare; finding them costs a full SCAN, so as often as the census.
-        self.catalog = broker.QueueCatalog(every=s.census_interval)
-        self.sightings = broker.Sightings(min_gap=s.broker_interval / 2)
-        self.metrics.is_leader.set_function(lambda: float(self.lease.held()))
-        self.metrics.dry_run.set(int(s.dry_run))
-        jobs = [
-            # The sweep starts when the lease is taken, the census after the first sweep.
-            scheduler.Job("results", self.sweep_results, s.sweep_interval, first_run=s.sweep_interval),
-            scheduler.Job("redis_info", self.read_info, s.info_interval),
-        ]
-        if not s.redis_cluster:  # see README "Redis Cluster": no census there, and Celery has no cluster broker
-            jobs.append(scheduler.Job("census", self.census, s.census_interval, first_run=s.census_interval))
-            jobs.append(
-                scheduler.Job("broker", self.check_broker, s.broker_interval, first_run=min(s.broker_interval, 5))
-            )
-        self.jobs = scheduler.build(
-            jobs,
+        self.ctx = Context(
+            s, self.client, self.broker_client or self.client, self.lease, self.metrics, self.book, self.workers
+        )
+        self.metrics.gauge("janitor_is_leader").set_function(lambda: float(self.lease.held()))
+        self.metrics.gauge("janitor_dry_run").set(int(s.dry_run))
+        self.scheduler = scheduler.build(
+            [
+                scheduler.Job(job.name, partial(self.run_job, job), job.interval(s), first_run=job.first_run(s))
+                for job in self.jobs
+            ],
             jitter=s.jitter,
             on_overrun=self._overrun,
         )
-        # APScheduler's own warnings say the same as our "sweep.overrun" line, less clearly.
+        # APScheduler's own warnings say the same as our "overrun" lines, less clearly.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
     def start(self) -> None:
@@ -215,8 +195,8 @@ class Daemon:
         # broker check tell a dead worker from one we have not heard yet.
         if not s.redis_cluster:
             self.workers.start(s.broker_url or s.redis_url, s)
-        self.jobs.start()
-        keeper = Keeper(self.lease, self.stop_event, self._lease_changed, self._lease_ok, self._lease_failed)
+        self.scheduler.start()
+        keeper = Keeper(self.lease, self.ctx.stop, self._lease_changed, self._lease_ok, self._lease_failed)
         self._threads = [http_thread, keeper.start()]
         host, port = self._http.server_address[:2]
         host = f"[{host}]" if ":" in host else host
@@ -229,16 +209,15 @@ class Daemon:
             http=f"{host}:{port}",
             lease_key=self.lease.key.decode(errors="replace"),
             lease_ttl_s=s.lease_ttl,
-            sweep_interval_s=s.sweep_interval,
-            census_interval_s=s.census_interval,
+            jobs={job.name: job.interval(s) for job in self.jobs},
             dry_run=s.dry_run,
         )
 
     def stop(self) -> int:
         """Finish the running batch, release the lease, stop serving; 0 when all that fit the timeout."""
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        self.stop_event.set()  # sweeps stop at the next batch boundary, the keeper wakes up
-        waiter = threading.Thread(target=scheduler.shutdown, args=(self.jobs,), kwargs={"wait": True}, daemon=True)
+        self.ctx.stop.set()  # sweeps stop at the next batch boundary, the keeper wakes up
+        waiter = threading.Thread(target=scheduler.shutdown, args=(self.scheduler,), kwargs={"wait": True}, daemon=True)
         waiter.start()
         waiter.join(max(0.0, deadline - time.monotonic()))
         for thread in self._threads[1:]:
@@ -261,184 +240,77 @@ class Daemon:
     def readiness(self) -> tuple[bool, str]:
         if not self.health.up:
             return False, f"redis unavailable: {self.health.reason}"
-        if self.lease.held() and self._last_sweep_error:
-            return False, f"last sweep failed: {self._last_sweep_error}"
+        if self.lease.held() and self._failing:
+            name, error = next(iter(self._failing.items()))
+            return False, f"last {'sweep' if name == ResultsJob.name else name} failed: {error}"
         return True, "ok"
 
-    # --- jobs -------------------------------------------------------------
+    # --- running jobs -------------------------------------------------------
 
-    def sweep_results(self) -> None:
-        if self.stop_event.is_set() or not self.lease.held():
+    def job(self, name: str) -> Job:
+        return next(job for job in self.jobs if job.name == name)
+
+    def run_job(self, job: Job) -> None:
+        """One run of ``job``: duration, errors, health, last success and one log line, all under its name."""
+        if self.ctx.stop.is_set() or (job.leader_only and not self.lease.held()):
             return
-        recorder = SweepRecorder(self.metrics, "results")
-
-        def body() -> dict[str, Any]:
-            # Stop between batches once we may have lost the lease locally;
-            # the fence in ACT is what makes a late batch harmless.
-            def should_stop() -> bool:
-                return self.stop_event.is_set() or not self.lease.held()
-
-            if self.settings.redis_cluster:
-                report = cluster.sweep_cluster(
-                    self.settings, fence=self.lease.fence, should_stop=should_stop, on_batch=recorder
-                )
-            else:
-                report = sweep(
-                    self.client, self.settings, fence=self.lease.fence, should_stop=should_stop, on_batch=recorder
-                )
-            recorder(report)
-            self.book.swept(report)
-            return report.as_dict()
-
-        self._timed("results", body)
-
-    def census(self) -> None:
-        if self.stop_event.is_set() or not self.lease.held():
-            return
-
-        def body() -> dict[str, Any]:
-            tally = scripts.Tally()
-            try:
-                taken = result_census(self.client, self.settings, tally, should_stop=self.stop_event.is_set)
-            finally:
-                self.metrics.add_commands(tally.commands)
-            if not taken.completed or not self.lease.held():  # lost mid-way: the new leader counts
-                return {"completed": False}
-            result = ResultCensus.of(taken)
-            self.metrics.snapshots.update(census=result)
-            self.book.counted(taken)
-            return {"completed": True, "result_keys": sum(result.keys.values()), "oldest_age_s": result.oldest_age_s}
-
-        self._timed("census", body)
-
-    def check_broker(self) -> None:
-        """Stuck/held unacked, queue depths, orphaned STARTED; then the opt-in restore (leader only)."""
-        if self.stop_event.is_set() or not self.lease.held():
-            return
-
-        def body() -> dict[str, Any]:
-            tally = scripts.Tally()
-            try:
-                now = self.clock()
-                on = self.broker_client or self.client
-                report = broker.detect(
-                    on,
-                    self.settings,
-                    now=now,
-                    workers=self.workers,
-                    tally=tally,
-                    catalog=self.catalog,
-                    results=self.client,
-                )
-                confirmed = self.sightings.confirm(report)
-                restored = broker.auto_restore(on, self.settings, report, confirmed=confirmed, tally=tally)
-            finally:
-                self.metrics.add_commands(tally.commands)
-            if self.lease.held():
-                self.broker_metrics.observe(report)
-            self._warn_overdue(report)
-            workers = findings.Workers(self.workers.alive(now), self.workers.listened_for(now))
-            self.book.checked_broker(report, workers)
-            fields: dict[str, Any] = {
-                "unacked": report.unacked_total,
-                "states": report.by_state,
-                "stuck": len(report.stuck),
-                "workers_alive": len(workers.alive),
-            }
-            if restored is not None:
-                self.broker_metrics.observe_restore(restored)
-                fields["restore"] = restored.as_dict()
-            return fields
-
-        # Reaching a broker that lives elsewhere says nothing of the results' Redis (health, /readyz).
-        self._timed("broker", body, results_server=self.broker_client is None)
-
-    def _warn_overdue(self, report: broker.BrokerReport) -> None:
-        """One log line per task found running past the visibility timeout (kombu will redeliver it)."""
-        overdue = {m.task_id: m for m in report.overdue_running}
-        for task_id in overdue.keys() - self._overdue_warned:
-            m = overdue[task_id]
-            log.warning(
-                "broker.running_overdue",
-                task=m.task_name,
-                task_id=task_id,
-                worker=m.worker,
-                running_s=round(report.now - m.delivered_at),
-                visibility_timeout_s=report.visibility_timeout,
-                fix="raise visibility_timeout above your longest task: kombu will redeliver it",
-            )
-        self._overdue_warned = set(overdue)
-
-    def read_info(self) -> None:
-        try:
-            if isinstance(self.client, cluster.LazyCluster):
-                info = self.client.info_where(self.lease.key)
-            else:
-                info = self.client.info()
-        except (redis.RedisError, OSError) as exc:
-            self.health.failed(exc)
-            return
-        finally:
-            self.metrics.add_commands({"INFO": 1})
-        self.metrics.snapshots.update(info=info)
-        self.book.read_info(info)
-        if info.get("role", "master") != "master":
-            # A replica answers reads and refuses every write. Saying so here keeps the state
-            # from flapping up/down between this read and the lease's READONLY refusal.
-            self.health.failed(redis.ReadOnlyError("You can't write against a read only replica (INFO role)"))
-            return
-        self.health.ok()
-
-    def _timed(self, name: str, body: Callable[[], dict[str, Any]], *, results_server: bool = True) -> None:
-        """Run one job: duration, errors, health (of the results' Redis), last success, one log line."""
+        series, label = _series(job)
+        on_results = job.on_results_server(self.settings)
         started = time.monotonic()
         try:
-            fields = body()
+            outcome = job.run(self.ctx)
         except Exception as exc:  # a failed run is reported; the next one is scheduled anyway
             failure = errors.classify(exc)
-            label, detail = failure.label, failure.message
-            self.metrics.sweep_errors.labels(name, label).inc()
-            if failure.unreachable and results_server:
-                self.health.failed(exc)
-            if name == "results":
-                self._last_sweep_error = f"{label}: {detail}"
-            if label == "fenced":
-                log.warning("sweep.fenced", sweep=name, detail=detail, epoch=self.lease.epoch)
+            self.metrics.counter(f"{series}_errors_total").labels(job.name, failure.label).inc()
+            if job.readiness:
+                self._failing[job.name] = f"{failure.label}: {failure.message}"
+            if failure.unreachable and on_results:
+                self.health.failed(exc)  # "redis.down", logged once per change of state
+            if job.quiet and failure.unreachable:
+                pass  # a frequent job says no more than "redis.down" while Redis is away
+            elif failure.label == "fenced":
+                log.warning(f"{label}.fenced", **{label: job.name}, detail=failure.message, epoch=self.lease.epoch)
             else:
-                log.error("sweep.failed", sweep=name, error=label, detail=detail, exc_info=label == "internal")
+                internal = failure.label == "internal"
+                log.error(
+                    f"{label}.failed",
+                    **{label: job.name},
+                    error=failure.label,
+                    detail=failure.message,
+                    exc_info=internal,
+                )
             return
         finally:
-            self.metrics.sweep_duration.labels(name).observe(time.monotonic() - started)
-        if results_server:
+            self.metrics.histogram(f"{series}_duration_seconds").labels(job.name).observe(time.monotonic() - started)
+        if on_results:
             self.health.ok()
-        if name == "results":
-            self._last_sweep_error = ""
-        if fields.get("completed", True):
-            if name == "results" and not self._swept:
-                # First census right after the first sweep: not racing it, and counting what it left.
-                self._swept = True
-                scheduler.run_soon(self.jobs, "census")
-            self.metrics.sweep_last_success.labels(name).set(time.time())
-            log.info("sweep.finished", sweep=name, **fields)
-        else:
-            log.info("sweep.stopped", sweep=name, stopping=self.stop_event.is_set(), **fields)
+        self._failing.pop(job.name, None)
+        if not outcome.completed:
+            log.info(f"{label}.stopped", **{label: job.name}, stopping=self.ctx.stop.is_set(), **outcome.fields)
+            return
+        self.metrics.gauge(f"{series}_last_success_timestamp_seconds").labels(job.name).set(time.time())
+        (log.debug if job.quiet else log.info)(f"{label}.finished", **{label: job.name}, **outcome.fields)
+        if job.name not in self._completed:
+            self._completed.add(job.name)
+            for later in self.jobs:
+                if later.first_after == job.name:
+                    scheduler.run_soon(self.scheduler, later.name)
 
-    def _overrun(self, job: str) -> None:
-        self.metrics.sweep_overruns.labels(job).inc()
-        log.info("sweep.overrun", sweep=job, detail="previous run still going; this one skipped")
+    def _overrun(self, name: str) -> None:
+        series, label = _series(self.job(name))
+        self.metrics.counter(f"{series}_overruns_total").labels(name).inc()
+        log.info(f"{label}.overrun", **{label: name}, detail="previous run still going; this one skipped")
 
     # --- lease keeper callbacks ----------------------------------------------
 
     def _lease_changed(self, change: Change) -> None:
         if change is Change.ACQUIRED:
-            self.metrics.lease_acquired.inc()
+            self.metrics.counter("janitor_lease_acquisitions_total").inc()
             log.info("lease.acquired", epoch=self.lease.epoch, key=self.lease.key.decode(errors="replace"))
-            scheduler.run_soon(self.jobs, "results")
+            scheduler.run_soon(self.scheduler, ResultsJob.name)
         elif change is Change.LOST:
             log.warning("lease.lost", epoch=self.lease.epoch)
-            # The new leader exports the census and broker gauges now; stale copies here would mislead.
-            self.metrics.snapshots.forget_census()
-            self.broker_metrics.reset()
+            self.metrics.seen.forget_leader_views()
 
     def _lease_ok(self) -> None:
         self._flush_lease_commands()
@@ -455,18 +327,14 @@ class Daemon:
         self.lease.tally.commands.clear()
 
     def _wake_all(self) -> None:
-        if self.jobs.running:
-            for job in ("redis_info", "results", "census", "broker"):
-                scheduler.run_soon(self.jobs, job)
+        if self.scheduler.running:
+            for job in self.jobs:
+                scheduler.run_soon(self.scheduler, job.name)
 
 
-def result_census(
-    client: redis.Redis, settings: Settings, tally: scripts.Tally, *, should_stop: Callable[[], bool]
-) -> census.Census:
-    """The census narrowed to result keys: all the gauges and the status page need, at a fraction of the cost."""
-    layout = Layout.for_prefixes(settings.key_prefix, settings.broker_key_prefix)
-    match = glob_escape(layout.task_prefix) + "*"
-    return census.take(client, settings, tally=tally, match=match, should_stop=should_stop)
+def _series(job: Job) -> tuple[str, str]:
+    """The metric family prefix and the log label of a job: ``janitor_sweep``/``sweep`` or ``janitor_job``/``job``."""
+    return (f"janitor_{job.series}", job.series)
 
 
 def _client(settings: Settings, timeout: float) -> redis.Redis:

@@ -20,9 +20,9 @@ import msgpack
 import redis
 import yaml
 
-from janitor.keyspace import GROUP_PREFIX, TASK_PREFIX
+from janitor.keyspace import GROUP_PREFIX, KOMBU_SEP, TASK_PREFIX
 
-SEP = "\x06\x16"
+SEP = KOMBU_SEP
 READY = ("SUCCESS", "SUCCESS", "SUCCESS", "SUCCESS", "FAILURE", "REVOKED")
 
 

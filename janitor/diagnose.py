@@ -12,19 +12,18 @@ import datetime as dt
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
-from janitor import __version__, census, connection, errors, findings, scripts
+from janitor import __version__, census, connection, errors, findings, heartbeats, scripts
 from janitor.config import Settings
 from janitor.errors import Exit
 from janitor.findings import Finding, MemoryInfo, Workers
 from janitor.progress import Progress
-
-if TYPE_CHECKING:
-    from janitor.sweeps.broker import BrokerReport
+from janitor.sweeps import broker
+from janitor.sweeps.broker import BrokerReport
 
 SCHEMA = 1
 DEFAULT_LISTEN_S = 5.0
@@ -197,13 +196,9 @@ def _connection(client: redis.Redis, settings: Settings, info: dict[str, Any]) -
     )
 
 
-def _start_listening(settings: Settings, listen_s: float) -> Any:
-    """A heartbeat tracker subscribed in the background, or None (not asked, or module missing)."""
+def _start_listening(settings: Settings, listen_s: float) -> heartbeats.WorkerTracker | None:
+    """A heartbeat tracker subscribed in the background, or None when not asked for."""
     if listen_s <= 0 or not settings.redis_url:
-        return None
-    try:
-        from janitor import heartbeats  # noqa: PLC0415 - optional until the broker work lands
-    except ImportError:
         return None
     # The user chose how long to listen: judging "dead" after that long (not the
     # daemon's 10 s floor) is what they asked for; 2 x freq still applies.
@@ -211,7 +206,7 @@ def _start_listening(settings: Settings, listen_s: float) -> Any:
     return tracker.start(settings.redis_url, settings)
 
 
-def _listen_out(tracker: Any, listen_s: float) -> None:
+def _listen_out(tracker: heartbeats.WorkerTracker, listen_s: float) -> None:
     """Wait until the subscription has lasted ``listen_s`` (the census time counts), or give up 3 s late."""
     deadline = time.monotonic() + listen_s + 3.0
     while tracker.listened_for() < listen_s and time.monotonic() < deadline:
@@ -219,12 +214,12 @@ def _listen_out(tracker: Any, listen_s: float) -> None:
 
 
 def _broker(
-    client: redis.Redis, broker_client: redis.Redis | None, settings: Settings, now: float, tracker: Any
+    client: redis.Redis,
+    broker_client: redis.Redis | None,
+    settings: Settings,
+    now: float,
+    tracker: heartbeats.WorkerTracker | None,
 ) -> tuple[BrokerReport | None, str]:
-    try:
-        from janitor.sweeps import broker  # noqa: PLC0415 - optional until the broker work lands
-    except ImportError:
-        return None, "broker checks unavailable: this build has no janitor.sweeps.broker"
     on = broker_client or client
     try:
         report = broker.detect(on, settings, now=now, workers=tracker, tally=scripts.ReadOnlyTally(), results=client)

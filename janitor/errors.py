@@ -26,8 +26,8 @@ class Exit(enum.IntEnum):
     UNREACHABLE = 2  # no usable Redis at the URL: host, port, password, TLS
 
 
-# Labels that mean "Redis is not usable from here", as opposed to a refused command.
-UNREACHABLE = frozenset({"connection", "timeout", "auth", "tls", "protocol"})
+# Labels that mean "Redis is not usable from here", as opposed to one refused command.
+UNREACHABLE = frozenset({"connection", "timeout", "auth", "tls", "protocol", "readonly"})
 
 
 class ConfigMismatch(Exception):
@@ -59,6 +59,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure("timeout", f"cannot reach Redis ({mask_url(text)}): check the host, port and network")
     if isinstance(exc, redis.ConnectionError | OSError):
         return Failure("connection", f"cannot reach Redis ({mask_url(text)}): check the host, port and network")
+    if isinstance(exc, redis.ReadOnlyError):
+        return Failure("readonly", f"{mask_url(text)}: the URL names a read-only replica; point it at the primary")
     if isinstance(exc, redis.ResponseError):
         return Failure("fenced" if text.startswith("FENCED") else "response", mask_url(text))
     if isinstance(exc, ConfigMismatch):

@@ -220,6 +220,21 @@ def results_without_ttl(i: Inputs) -> list[Finding]:
     none, total = c.tasks(ttl=False), c.tasks()
     pressure = i.memory is not None and (i.memory.used_fraction or 0) >= MEMORY_WARN
     bytes_hint = _no_ttl_result_bytes(c)
+    # Keys the sweep refuses on purpose (unreadable, dated in the future) have findings of their own.
+    refused = c.without_ttl["task:unreadable"] + c.future
+    if refused >= none:
+        sweep = (
+            "`celery-janitor sweep` leaves these alone on purpose (see the findings on unreadable and "
+            "future-dated results for what to do with them)"
+        )
+    elif refused:
+        sweep = (
+            f"run `celery-janitor sweep` to give {none - refused:,} of them a TTL, or `celery-janitor run` to keep "
+            f"doing it; it leaves the other {refused:,} alone on purpose (see the findings on unreadable and "
+            "future-dated results)"
+        )
+    else:
+        sweep = "run `celery-janitor sweep` to give existing keys a TTL, or `celery-janitor run` to keep doing it"
     return [
         Finding(
             "error" if pressure else "warning",
@@ -229,8 +244,7 @@ def results_without_ttl(i: Inputs) -> list[Finding]:
             + (f"; with groups and chords they hold about {size(bytes_hint)}" if bytes_hint else "")
             + (f"; oldest result finished {duration(c.oldest_result_age_s)} ago" if c.oldest_result_age_s else ""),
             "set `result_expires` in your Celery config (e.g. `app.conf.result_expires = 86400`; None or 0 "
-            "means forever), and run `celery-janitor sweep` to give existing keys a TTL, or `celery-janitor run` "
-            "to keep doing it",
+            f"means forever), and {sweep}",
         )
     ]
 
@@ -256,8 +270,7 @@ def groups_without_ttl(i: Inputs) -> list[Finding]:
 
 def unreadable_results(i: Inputs) -> list[Finding]:
     c = i.census
-    n = c.count("task:unreadable") if c is not None else 0
-    if not n:
+    if c is None or not (n := c.count("task:unreadable")):
         return []
     return [
         Finding(
@@ -265,9 +278,12 @@ def unreadable_results(i: Inputs) -> list[Finding]:
             "unreadable_results",
             f"{n:,} result keys could not be decoded",
             f"{n:,} celery-task-meta-* values are not a Celery result the janitor can read inertly, or are "
-            "larger than JANITOR_MAX_VALUE_BYTES",
-            "nothing to do: `celery-janitor sweep` leaves them alone; raise JANITOR_MAX_VALUE_BYTES if they are "
-            "just large results",
+            "larger than JANITOR_MAX_VALUE_BYTES and not readable from their head and tail"
+            + (f"; {stay:,} of them have no TTL" if (stay := c.without_ttl["task:unreadable"]) else ""),
+            "`celery-janitor sweep` never writes a key it cannot read, so these stay until you act: look at one "
+            "(`redis-cli --scan --pattern 'celery-task-meta-*' | head`, then `redis-cli TYPE`/`STRLEN` on it); if "
+            "they are results you can lose, give them a TTL by hand (`redis-cli EXPIRE <key> 86400 NX`), or raise "
+            "JANITOR_MAX_VALUE_BYTES if they are just large results",
         )
     ]
 

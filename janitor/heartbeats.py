@@ -198,14 +198,3 @@ def _factory(source: ClientSource, settings: Settings) -> Callable[[], redis.Red
     return lambda: settings.model_copy(update={"redis_url": source}).connect(
         socket_timeout=max(settings.socket_timeout, 5.0)
     )
-
-
-def listen(source: ClientSource, settings: Settings, seconds: float) -> WorkerTracker:
-    """Listen for ``seconds`` (blocking), stop, and return the tracker for one-shot use."""
-    tracker = WorkerTracker().start(source, settings)
-    try:
-        tracker.wait_subscribed()
-        time.sleep(seconds)
-    finally:
-        tracker.stop()
-    return tracker

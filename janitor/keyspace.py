@@ -1,7 +1,7 @@
 """Every key name Celery and kombu use in Redis, and how to tell them apart.
 
 Pure functions, no I/O: the one place that knows Celery's key layout
-(see shared/celery-redis-keyspace.md).
+(the keyspace reference lists them with their sources).
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ TASK_PREFIX = b"celery-task-meta-"
 GROUP_PREFIX = b"celery-taskset-meta-"
 PIDBOX_REPLY_SUFFIX = b".reply.celery.pidbox"
 KOMBU_PREFIX = b"_kombu."  # kombu's own keys (bindings), never a reply list
-CHORD_SUFFIXES = {b".j", b".s", b".t", b".d", b".c"}
+# kombu's Redis transport defaults: the separator in binding members and priority list
+# names (`celery\x06\x163`), and the priority steps that get a list of their own.
+KOMBU_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 
 # One SCAN pattern covers results, groups, chord keys and pidbox reply lists,
 # so the whole keyspace is walked once per pass instead of once per family.

@@ -1,7 +1,7 @@
 """Sniff and decode a stored Celery result without trusting it.
 
 Celery stores no content type with a result, so the format is read from the
-first bytes (shared/celery-redis-keyspace.md). Every decoder here is bounded and
+first bytes. Every decoder here is bounded and
 inert: pickles are read with :mod:`janitor.picklescan`, YAML with the safe
 loader, compressed bodies are inflated only up to ``max_bytes``.
 """

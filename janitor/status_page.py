@@ -12,7 +12,7 @@ import datetime as dt
 import hmac
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -86,7 +86,6 @@ class StatusState:
     broker: BrokerReport | None = None
     broker_at: dt.datetime | None = None
     workers: Workers | None = None
-    notes: Sequence[str] = field(default_factory=tuple)  # e.g. "first sweep in 4 min"
     banner: Banner | None = None
 
 
@@ -173,7 +172,6 @@ def render(state: StatusState) -> bytes:
         f"<p class=meta>version {_e(state.version)} &middot; {_e(mask_url(state.redis_url) or 'no Redis URL')}"
         + (f" &middot; broker {_e(mask_url(state.broker_url))}" if state.broker_url else "")
         + f" &middot; page generated {_e(now.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>",
-        *(f"<p class=meta>{_e(n)}</p>" for n in state.notes),
         _findings(state.findings),
         _sweeps(state.sweeps, now),
         _census(state.census, state.census_at, now),

@@ -26,7 +26,7 @@ from janitor import config, embedded
 from janitor.daemon import Daemon
 from janitor.heartbeats import WorkerTracker
 from janitor.lease import Change
-from janitor.metrics_broker import BrokerMetrics
+from janitor.metrics import Metrics
 from janitor.sweeps import broker
 from tests import broker_app
 from tests.test_daemon import launch, stop_all
@@ -189,10 +189,10 @@ class TestQueues:
             app.send_task("app.t", priority=priority, queue=work)
         app.send_task("app.t", queue=other)
         registry = CollectorRegistry()
-        metrics = BrokerMetrics(registry)
+        metrics = Metrics(registry)
 
         report = broker.detect(client, settings, now=time.time())
-        metrics.observe(report)
+        metrics.seen.update(broker=report)
 
         depths = {q.name: q for q in report.queues}
         assert set(depths) == {work, other}  # found from _kombu.binding.*, JANITOR_QUEUES unset
@@ -262,22 +262,23 @@ class TestRestoreRules:
         registry = CollectorRegistry()
         daemon = Daemon.create(settings, registry)
         now = [time.time() + 7200]
-        daemon.clock = lambda: now[0]
+        daemon.ctx.clock = lambda: now[0]
+        check = daemon.job("broker")
         assert daemon.lease.step()[0] is Change.ACQUIRED
         try:
-            daemon.check_broker()
+            daemon.run_job(check)
             now[0] += 29.9
-            daemon.check_broker()
-            daemon.check_broker()
+            daemon.run_job(check)
+            daemon.run_job(check)
             assert (client.hlen("unacked"), client.llen("celery")) == (1, 0)
             now[0] += 0.1
-            daemon.check_broker()
+            daemon.run_job(check)
             assert (client.hlen("unacked"), client.llen("celery")) == (0, 1)
         finally:
             daemon.lease.release()
-        count = "janitor_sweep_duration_seconds_count"
-        assert registry.get_sample_value(count, {"sweep": "broker"}) == 4
-        assert registry.get_sample_value(count, {"sweep": "census"}) is None
+        assert registry.get_sample_value("janitor_job_duration_seconds_count", {"job_name": "broker"}) == 4
+        assert registry.get_sample_value("janitor_job_duration_seconds_count", {"job_name": "census"}) is None
+        assert registry.get_sample_value("janitor_sweep_duration_seconds_count", {"sweep": "broker"}) is None
 
     @pytest.mark.parametrize(("workers_sep", "janitor_sep"), [(":", SEP), (SEP, ":")])
     def test_refuses_a_separator_the_workers_do_not_use(
@@ -399,11 +400,11 @@ class TestMetrics:
         app.send_task("app.task00")
         deliver_without_ack(server.url, 26)
         registry = CollectorRegistry()
-        metrics = BrokerMetrics(registry)
+        metrics = Metrics(registry)
         report = broker.detect(client, settings, now=time.time() + 7200)
 
-        metrics.observe(report)
-        metrics.observe_restore(broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False))
+        metrics.seen.update(broker=report)
+        metrics.restored(broker.restore(client, settings, report, confirmed=report.stuck_tags, dry_run=False))
 
         text = generate_latest(registry).decode()
         assert text.count("janitor_stuck_messages{") == 21

@@ -210,5 +210,5 @@ class TestReportTable:
         cli._print_report(report, out)
         table = [line for line in out.getvalue().splitlines() if line.startswith("  ") and "value bytes" not in line]
         assert table == cli.report_table(
-            [("would delete", "task", 5), ("skipped", "value over JANITOR_MAX_VALUE_BYTES", 1)]
+            [("would delete", "task", 5), ("skipped", "over JANITOR_MAX_VALUE_BYTES, unreadable from its edges", 1)]
         )

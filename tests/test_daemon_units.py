@@ -12,7 +12,10 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from janitor import config, demo, scheduler, scripts
-from janitor.daemon import RedisHealth, result_census
+from janitor.daemon import Daemon, RedisHealth
+from janitor.jobs import Context, Job, Outcome
+from janitor.jobs.census import result_census
+from janitor.lease import Change
 from janitor.metrics import Metrics, ResultCensus
 
 
@@ -69,6 +72,51 @@ class TestRedisHealth:
         assert registry.get_sample_value("janitor_redis_errors_total", {"error": "connection"}) == 10
         assert registry.get_sample_value("janitor_redis_up") == 1
         assert woken == [1]
+
+
+class Boom(Job):
+    name = "boom"
+    interval_setting = "broker_interval"
+
+    def run(self, ctx: Context) -> Outcome:
+        raise ValueError("a bug")
+
+
+class TestJobs:
+    def test_each_job_is_timed_counted_and_logged_under_its_own_name(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """One run of every job (and of one that fails): each duration, success, error and log line
+        carries that job's own name, and no other job's series moved."""
+        demo.fill(client, results=200)
+        registry = CollectorRegistry()
+        daemon = Daemon.create(settings, registry)
+        daemon.jobs.append(Boom())
+        assert daemon.lease.step()[0] is Change.ACQUIRED
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for job in daemon.jobs:
+                    daemon.run_job(job)
+        finally:
+            daemon.lease.release()
+        get = registry.get_sample_value
+        names = [job.name for job in daemon.jobs]
+        assert names == ["results", "redis_info", "census", "broker", "boom"]
+        for job in daemon.jobs:
+            series, label = ("janitor_sweep", "sweep") if job.series == "sweep" else ("janitor_job", "job_name")
+            assert get(f"{series}_duration_seconds_count", {label: job.name}) == 1, job.name
+            succeeded = get(f"{series}_last_success_timestamp_seconds", {label: job.name})
+            assert (succeeded is not None) is (job.name != "boom"), job.name
+        assert get("janitor_sweep_duration_seconds_count", {"sweep": "census"}) is None
+        assert get("janitor_job_errors_total", {"job_name": "boom", "error": "internal"}) == 1
+        ran = [(e["event"], e.get("sweep") or e.get("job")) for e in logs if e.get("sweep") or e.get("job")]
+        assert ran == [
+            ("sweep.finished", "results"),
+            ("job.finished", "redis_info"),
+            ("job.finished", "census"),
+            ("job.finished", "broker"),
+            ("job.failed", "boom"),
+        ]
 
 
 class TestResultCensus:

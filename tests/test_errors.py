@@ -22,6 +22,7 @@ from janitor.sweeps.broker import SeparatorMismatch
         (redis.TimeoutError("Timeout reading from socket"), "timeout", True, "check the host, port"),
         (ConnectionRefusedError(111, "refused"), "connection", True, "cannot reach Redis"),
         (redis.InvalidResponse("Protocol error, got 'H' as reply type byte"), "protocol", True, "HTTP port"),
+        (redis.ReadOnlyError("You can't write against a read only replica."), "readonly", True, "the primary"),
         (redis.ResponseError("FENCED lease lost before this batch"), "fenced", False, "FENCED"),
         (redis.ResponseError("OOM command not allowed"), "response", False, "OOM"),
         (SeparatorMismatch("set JANITOR_BROKER_SEP"), "config", False, "JANITOR_BROKER_SEP"),

@@ -1,4 +1,4 @@
-"""Faults on loopback (issue 8): real servers, real daemons, real kombu messages.
+"""Faults on loopback: real servers, real daemons, real kombu messages.
 
 Every test injects faults into a running janitor (or a `celery-janitor restore`)
 and checks four things against an oracle the test wrote itself: the process
@@ -503,11 +503,11 @@ def test_replica_then_promoted(stack: contextlib.ExitStack, spawn: Callable[...,
     fault("read_only_replica")
     down = janitor.events("redis.down")
     assert "read only replica" in down[0]["detail"]  # READONLY
-    assert down[0]["error"] == "response"
+    assert down[0]["error"] == "readonly"
     assert janitor.events("redis.up") == [], "the state flapped: INFO answers, writes do not"
     assert janitor.sample("janitor_is_leader") == 0
     assert janitor.get("/readyz")[0] == 503
-    assert errors(janitor, "response") >= 1
+    assert errors(janitor, "readonly") >= 1
     assert janitor.process.poll() is None
     assert oracle.old_left(rclient) == oracle.old_left(pclient) == len(oracle.old)
     assert rclient.dbsize() == total

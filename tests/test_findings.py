@@ -86,6 +86,22 @@ class TestResultFindings:
         inputs = Inputs(_census(no_ttl=10), memory=_memory(used=80, maxmemory=100))
         assert _codes(inputs)["results_without_ttl"] == "error"
 
+    def test_never_advises_a_sweep_for_keys_it_refuses(self) -> None:
+        """Unreadable and future-dated results without a TTL are left alone by the sweep on purpose: the fix
+        counts only what a sweep would act on, and never tells the user to sweep keys it will refuse."""
+        only_refused = _census(**{"task:unreadable": 4})
+        (found,) = findings.results_without_ttl(Inputs(only_refused))
+        assert "run `celery-janitor sweep`" not in found.fix
+        assert "leaves these alone on purpose" in found.fix
+        mixed = _census(no_ttl=10, **{"task:unreadable": 3})
+        mixed.future = 2
+        (found,) = findings.results_without_ttl(Inputs(mixed))
+        assert "give 8 of them a TTL" in found.fix
+        assert "the other 5 alone on purpose" in found.fix
+        (unreadable,) = findings.unreadable_results(Inputs(only_refused))
+        assert "4 of them have no TTL" in unreadable.evidence
+        assert "EXPIRE" in unreadable.fix
+
     def test_clean_results_have_no_finding(self) -> None:
         """Results that all expire produce no TTL finding."""
         assert not findings.results_without_ttl(Inputs(_census(ttl=100)))

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from janitor import config, embedded
-from janitor.heartbeats import ClientSource, WorkerTracker, listen, parse_event
+from janitor.heartbeats import ClientSource, WorkerTracker, parse_event
 
 
 def _app(url: str, **transport: Any) -> Celery:
@@ -99,8 +99,8 @@ class TestWorkerTracker:
             assert not tracker.knows_the_dead()
             assert tracker.knows_the_dead(now=time.time() + 60)
 
-    def test_listen_one_shot(self, server: embedded.Server, settings: config.Settings) -> None:
-        """listen() blocks for the given time and returns what it heard, its clock stopped."""
+    def test_a_stopped_tracker_keeps_what_it_heard(self, server: embedded.Server, settings: config.Settings) -> None:
+        """Stopped after half a second (diagnose's --listen), a tracker keeps who it heard, its clock stopped."""
         stop = threading.Event()
 
         def beating() -> None:
@@ -112,7 +112,10 @@ class TestWorkerTracker:
         thread = threading.Thread(target=beating)
         thread.start()
         try:
-            tracker = listen(server.url, settings, 0.5)
+            tracker = WorkerTracker().start(server.url, settings)
+            tracker.wait_subscribed()
+            time.sleep(0.5)
+            tracker.stop()
         finally:
             stop.set()
             thread.join()

@@ -28,6 +28,8 @@ def _report() -> SweepReport:
     report.ttl_applied["task"] = 10
     report.deleted["task"] = 5
     report.skipped["bad_key_name"] = 2
+    report.skipped["too_large"] = 1
+    report.skipped_bytes["too_large"] = 3_000_000
     report.tally.commands["EVALSHA"] = 4
     return report
 
@@ -49,6 +51,7 @@ class TestSweepRecorder:
         assert get("janitor_keys_deleted_total", {"kind": "group", "reason": "retention"}) == 1
         assert get("janitor_keys_ttl_applied_total", {"kind": "task"}) == 10
         assert get("janitor_keys_skipped_total", {"reason": "bad_key_name"}) == 2
+        assert get("janitor_skipped_value_bytes_total", {"reason": "too_large"}) == 3_000_000
         assert get("janitor_keys_raced_total") == 1
         assert get("janitor_deleted_value_bytes_total") == 500
         assert get("janitor_redis_commands_total", {"command": "EVALSHA"}) == 4
@@ -68,12 +71,12 @@ class TestSnapshots:
 
     def test_census_replaces_the_previous_one(self, registry: CollectorRegistry, metrics: Metrics) -> None:
         """A state that disappeared is gone from the next scrape, not stuck at its old value."""
-        metrics.snapshots.update(census=ResultCensus({("SUCCESS", False): 7, ("FAILURE", True): 2}, 99.5))
+        metrics.seen.update(census=ResultCensus({("SUCCESS", False): 7, ("FAILURE", True): 2}, 99.5))
         get = registry.get_sample_value
         assert get("janitor_result_keys", {"state": "SUCCESS", "ttl": "false"}) == 7
         assert get("janitor_result_keys", {"state": "FAILURE", "ttl": "true"}) == 2
         assert get("janitor_result_oldest_age_seconds") == 99.5
-        metrics.snapshots.update(census=ResultCensus({("SUCCESS", True): 3}, 0.0))
+        metrics.seen.update(census=ResultCensus({("SUCCESS", True): 3}, 0.0))
         assert get("janitor_result_keys", {"state": "SUCCESS", "ttl": "false"}) is None
         assert get("janitor_result_keys", {"state": "SUCCESS", "ttl": "true"}) == 3
 
@@ -89,7 +92,7 @@ class TestSnapshots:
             "db0": {"keys": 10, "expires": 4, "avg_ttl": 0},
             "db3": {"keys": 1, "expires": 0, "avg_ttl": 0},
         }
-        metrics.snapshots.update(info=info)
+        metrics.seen.update(info=info)
         get = registry.get_sample_value
         assert get("janitor_redis_memory_used_bytes") == 1024
         assert get("janitor_redis_memory_max_bytes") == 4096
@@ -102,7 +105,7 @@ class TestSnapshots:
 class TestExposition:
     def test_build_info_and_no_created_series(self, registry: CollectorRegistry, metrics: Metrics) -> None:
         """build_info carries the version; counters export no `_created` twin."""
-        metrics.sweep_errors.labels("results", "connection").inc()
+        metrics.counter("janitor_sweep_errors_total").labels("results", "connection").inc()
         assert registry.get_sample_value("janitor_build_info", {"version": __version__}) == 1
         assert b"_created" not in generate_latest(registry)
 
@@ -110,12 +113,13 @@ class TestExposition:
     def test_promtool_finds_nothing(self, registry: CollectorRegistry, metrics: Metrics) -> None:
         """Every family, populated, passes `promtool check metrics`."""
         SweepRecorder(metrics, "results")(_report())
-        metrics.sweep_duration.labels("results").observe(1.5)
-        metrics.sweep_last_success.labels("results").set(1.7e9)
-        metrics.sweep_errors.labels("results", "fenced").inc()
-        metrics.sweep_overruns.labels("results").inc()
-        metrics.redis_errors.labels("timeout").inc()
-        metrics.snapshots.update(
+        for series in ("janitor_sweep", "janitor_job"):
+            metrics.histogram(f"{series}_duration_seconds").labels("results").observe(1.5)
+            metrics.gauge(f"{series}_last_success_timestamp_seconds").labels("results").set(1.7e9)
+            metrics.counter(f"{series}_errors_total").labels("results", "fenced").inc()
+            metrics.counter(f"{series}_overruns_total").labels("results").inc()
+        metrics.counter("janitor_redis_errors_total").labels("timeout").inc()
+        metrics.seen.update(
             census=ResultCensus({("SUCCESS", False): 1}, 5.0),
             info={"used_memory": 1, "maxmemory": 0, "maxmemory_policy": "noeviction", "db0": {"keys": 1, "expires": 0}},
         )

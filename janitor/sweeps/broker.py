@@ -1,6 +1,6 @@
 """Broker health: unacked messages, queue depths, orphaned tasks; and a safe restore.
 
-Works on kombu's Redis keys directly (shared/celery-redis-keyspace.md, "Broker"),
+Works on kombu's Redis keys directly (``unacked``, ``unacked_index``, the queue lists and ``_kombu.binding.*``),
 without the user's Celery app and without ever opening a kombu consumer, so the
 janitor never takes a message off a queue.
 
@@ -32,10 +32,8 @@ import redis
 from janitor import errors, payload, scripts
 from janitor.config import Settings
 from janitor.heartbeats import WorkerTracker
-from janitor.keyspace import Layout
+from janitor.keyspace import KOMBU_PRIORITY_STEPS, KOMBU_SEP, Layout
 
-DEFAULT_SEP = "\x06\x16"
-DEFAULT_STEPS = (0, 3, 6, 9)
 # Exchanges kombu/Celery use for pub/sub and remote control: their binding
 # members name no list, so they are not queues to measure.
 _NOT_QUEUE_EXCHANGES = {"celeryev", "celery.pidbox", "reply.celery.pidbox"}
@@ -227,7 +225,7 @@ class BrokerKeys:
         configured differently from the workers still sees every message.
         """
         out = {self.prefix + queue: 0}
-        for sep, steps in ((self.sep, self.steps), (DEFAULT_SEP, DEFAULT_STEPS)):
+        for sep, steps in ((self.sep, self.steps), (KOMBU_SEP, KOMBU_PRIORITY_STEPS)):
             out.update({f"{self.prefix}{queue}{sep}{s}": s for s in steps if s})
         return out
 
@@ -286,7 +284,7 @@ def detect(
     counts = (tally or scripts.Tally()).commands
     reader = tally if isinstance(tally, scripts.ReadOnlyTally) else scripts.ReadOnlyTally(commands=counts)
     report = BrokerReport(now=now, visibility_timeout=settings.visibility_timeout, tally=reader)
-    layout = Layout.for_prefixes(settings.key_prefix, settings.broker_key_prefix)
+    layout = settings.layout
     alive = workers.alive(now) if workers is not None else None
     if alive is not None:
         report.workers_alive = len(alive)
@@ -481,7 +479,7 @@ def _queue_names(
     client: redis.Redis, settings: Settings, keys: BrokerKeys, report: BrokerReport
 ) -> tuple[set[str], str]:
     """Queue names bound to any exchange, and the first binding not written with our ``sep`` (or "")."""
-    names = {q.strip() for q in settings.queues.split(",") if q.strip()}
+    names = set(settings.queue_list)
     match = _glob_escape(keys.binding("")) + "*"
     cursor = 0
     bindings: list[bytes | str] = []
@@ -758,7 +756,7 @@ def _smembers(client: redis.Redis, key: bytes | str, report: BrokerReport) -> li
 def _split_binding(member: bytes | str, sep: str) -> tuple[str, str, str]:
     """``routing_key<sep>pattern<sep>queue`` (kombu ``_queue_bind``); tries kombu's default sep too."""
     text = _text(member)
-    for s in (sep, DEFAULT_SEP):
+    for s in (sep, KOMBU_SEP):
         parts = text.split(s)
         if len(parts) == 3:
             return parts[0], parts[1], parts[2]

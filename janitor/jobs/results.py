@@ -1,0 +1,35 @@
+"""The results sweep: TTLs for Celery's result keys, stale ones deleted (``janitor.sweeps.results``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from janitor import cluster
+from janitor.config import Settings
+from janitor.jobs.base import Context, Job, Outcome
+from janitor.metrics import SweepRecorder
+from janitor.sweeps.results import sweep
+
+
+class ResultsJob(Job):
+    name = "results"
+    interval_setting = "sweep_interval"
+    series: ClassVar[Literal["sweep", "job"]] = "sweep"
+    readiness = True
+
+    def first_run(self, settings: Settings) -> float:
+        return self.interval(settings)  # and at once when the lease is taken
+
+    def run(self, ctx: Context) -> Outcome:
+        recorder = SweepRecorder(ctx.metrics, self.name)
+        if ctx.settings.redis_cluster:
+            report = cluster.sweep_cluster(
+                ctx.settings, fence=ctx.lease.fence, should_stop=ctx.should_stop, on_batch=recorder
+            )
+        else:
+            report = sweep(
+                ctx.client, ctx.settings, fence=ctx.lease.fence, should_stop=ctx.should_stop, on_batch=recorder
+            )
+        recorder(report)
+        ctx.book.swept(report)
+        return Outcome(report.as_dict(), completed=report.completed)
