@@ -1,4 +1,4 @@
--- luacheck settings for the server-side scripts (janitor/lua/, bench/*.lua): Redis runs them
+-- luacheck settings for the server-side scripts (janitor/redis_io/lua/, bench/*.lua): Redis runs them
 -- in Lua 5.1, with these libraries as globals. A script never writes a global (Redis refuses
 -- it), so every one is read-only here.
 std = "lua51"

@@ -29,7 +29,7 @@ from typing import Any
 import redis
 from kombu.utils.json import dumps
 
-from janitor import demo, embedded
+from janitor.dev import demo, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024

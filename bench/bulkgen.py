@@ -1,7 +1,7 @@
 """A fast bulk writer of a dirty Celery result keyspace, in Celery's exact formats.
 
 Values are built from templates made once per status with
-:func:`janitor.demo.task_meta` and :func:`janitor.demo.encode` (so field order,
+:func:`janitor.dev.demo.task_meta` and :func:`janitor.dev.demo.encode` (so field order,
 separators and escaping are Celery's JSON serializer's), then only the task id
 and ``date_done`` are spliced in per key. The first keys are re-encoded the slow
 way and compared byte for byte, so a template drift fails loudly. Keys go to the
@@ -21,8 +21,8 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from janitor import demo
-from janitor.keyspace import TASK_PREFIX
+from janitor.celery_model.keyspace import TASK_PREFIX
+from janitor.dev import demo
 
 READY = demo.READY  # SUCCESS x4, FAILURE, REVOKED: what demo.fill uses
 NOT_READY = ("STARTED", "RETRY", "PROGRESS")

@@ -1,6 +1,6 @@
 """What `celery-janitor run` costs while it sits there: CPU seconds per minute and RSS.
 
-Starts a private server, fills it with a dirty Celery keyspace (janitor.demo.fill),
+Starts a private server, fills it with a dirty Celery keyspace (janitor.dev.demo.fill),
 starts the daemon with its default intervals, and samples the daemon's
 /proc/<pid> every few seconds. The first minute holds the first sweep of the
 dirty keyspace; later minutes are the steady state (INFO every 30 s, lease
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from janitor import demo, embedded
+from janitor.dev import demo, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from janitor import embedded
+from janitor.dev import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 

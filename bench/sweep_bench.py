@@ -1,6 +1,6 @@
 """What one result sweep costs, next to the physical limit and to what users write today.
 
-One process, one private server (janitor.embedded), one synthetic keyspace in
+One process, one private server (janitor.dev.embedded), one synthetic keyspace in
 Celery's exact formats (bench.bulkgen): ``--keys`` result keys (85% ready JSON
 results with date_done spread over 14 days, 15% not ready, no TTL) plus 20%
 non-Celery keys. The keyspace is written once, saved to an RDB file, and every
@@ -13,7 +13,7 @@ Rows:
               script, cjson.decode, date_done parsed in Lua, PEXPIRE/UNLINK)
   lua_paced   ceiling B with its COUNT sized by the janitor's pacer: the latency guard's
               price alone (not a target; the targets are against ceiling B)
-  janitor1    janitor.sweeps.results.sweep, default settings, dirty keyspace
+  janitor1    janitor.operations.sweep.sweep, default settings, dirty keyspace
   janitor2    the same again on the now-clean keyspace
   pipeline    same decisions (rules.decide) with one non-transactional pipeline per
               page: TYPE/PTTL/GET per key, then PEXPIRE/UNLINK per key
@@ -64,13 +64,16 @@ if not __package__:  # run as a script: make `janitor` and `bench` importable fr
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import bulkgen
-from janitor import config, embedded, payload, scripts
+from janitor import config
+from janitor.celery_model import payload
+from janitor.celery_model.keyspace import SCAN_MATCH, TASK_PREFIX, Kind, Layout
 from janitor.config import Settings
-from janitor.keyspace import SCAN_MATCH, TASK_PREFIX, Kind, Layout
-from janitor.pacing import Pacer
-from janitor.scripts import Op
-from janitor.sweeps import results
-from janitor.sweeps.rules import Action, decide
+from janitor.dev import embedded
+from janitor.operations import sweep as results
+from janitor.operations.rules import Action, decide
+from janitor.redis_io import scripts
+from janitor.redis_io.pacing import Pacer
+from janitor.redis_io.scripts import Op
 
 ROWS = ("scan", "lua", "lua_paced", "janitor1", "janitor2", "pipeline", "naive_keys", "naive_scan")
 NAIVE = ("naive_keys", "naive_scan")

@@ -15,11 +15,15 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from janitor import __version__, census, config, connection, demo, embedded, errors, logs
+from janitor import __version__, config, errors
+from janitor.dev import demo, embedded
+from janitor.dev.progress import Progress
 from janitor.errors import Exit
-from janitor.findings import size as findings_size
-from janitor.progress import Progress
-from janitor.sweeps.results import SweepReport, sweep
+from janitor.operations import census
+from janitor.operations.sweep import SweepReport, sweep, sweep_cluster
+from janitor.redis_io import connection
+from janitor.reports.text import size
+from janitor.service import logs
 
 DESCRIPTION = """\
 Keeps a Celery Redis clean: gives every result key the TTL it should have,
@@ -157,7 +161,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
         return Exit.REFUSED
     if args.verb == "run":
-        from janitor import daemon  # noqa: PLC0415 - the daemon's imports are only paid by `run`
+        from janitor.service import daemon  # noqa: PLC0415 - the daemon's imports are only paid by `run`
 
         return daemon.run(settings)
     if args.verb == "diagnose":
@@ -190,8 +194,8 @@ def _effective(settings: config.Settings, environ: Mapping[str, str]) -> dict[st
 
 def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: float) -> int:
     """``celery-janitor restore``: see the ``# broker`` comment in :func:`_parser`."""
-    from janitor import heartbeats  # noqa: PLC0415 - only this verb pays for it
-    from janitor.sweeps import broker  # noqa: PLC0415
+    from janitor.operations import broker  # noqa: PLC0415
+    from janitor.redis_io import heartbeats  # noqa: PLC0415 - only this verb pays for it
 
     on_broker = settings.for_broker()
 
@@ -258,7 +262,7 @@ def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.R
 
 def _diagnose(settings: config.Settings, *, as_json: bool, sample: int, listen_s: float) -> int:
     """``celery-janitor diagnose``: read-only; exit 0 (no error finding), 1 (some), 2 (unreachable)."""
-    from janitor import diagnose  # noqa: PLC0415 - only this verb pays for it
+    from janitor.reports import diagnose  # noqa: PLC0415 - only this verb pays for it
 
     def body(client: redis.Redis) -> int:
         on_broker = settings.for_broker().connect(retry=Retry(NoBackoff(), 1)) if settings.broker_apart else None
@@ -287,10 +291,8 @@ def _sweep_progress(client: redis.Redis) -> Progress:
 def _sweep(settings: config.Settings, *, dry_run: bool, as_json: bool) -> int:
     def body(client: redis.Redis) -> int:
         if settings.redis_cluster:  # `client` is left unused: the cluster's primaries are found and swept one by one
-            from janitor import cluster  # noqa: PLC0415 - only cluster users pay for it
-
             with Progress(None, label="sweeping every cluster primary: Celery keys") as bar:
-                report = cluster.sweep_cluster(settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
+                report = sweep_cluster(settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
         else:
             with _sweep_progress(client) as bar:
                 report = sweep(client, settings, dry_run=dry_run, on_batch=lambda r: bar.update(r.scanned))
@@ -341,8 +343,7 @@ def _print_report(report: SweepReport, out: TextIO) -> None:
     else:
         print("  nothing to do: every Celery key already has the TTL it should", file=out)
     print(
-        f"  value bytes {verb} freed: {findings_size(data['bytes_deleted'])}; "
-        f"Redis commands sent: {data['commands_total']:,}",
+        f"  value bytes {verb} freed: {size(data['bytes_deleted'])}; Redis commands sent: {data['commands_total']:,}",
         file=out,
     )
 

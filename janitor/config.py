@@ -19,9 +19,9 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.retry import Retry
 
-from janitor import connection
-from janitor.connection import mask_url
-from janitor.keyspace import KOMBU_PRIORITY_STEPS, KOMBU_SEP, Layout
+from janitor.celery_model.keyspace import KOMBU_PRIORITY_STEPS, KOMBU_SEP, Layout
+from janitor.redis_io import connection
+from janitor.redis_io.connection import mask_url
 
 # Where the Redis URL may come from, in order. Celery's own variables come last
 # and only count when they name a Redis server.
@@ -131,7 +131,7 @@ class Settings(BaseModel):
 
     # end broker
 
-    # status: the HTML page at / on the metrics port (janitor.status_page). A token,
+    # status: the HTML page at / on the metrics port (janitor.service.status_page). A token,
     # when set, is required as ?token= or "Authorization: Bearer"; it is never printed.
     status_page: bool = True
     status_token: str = Field(default="", repr=False, exclude=True)

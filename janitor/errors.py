@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis
 
-from janitor.connection import mask_url
+from janitor.redis_io.connection import mask_url
 
 
 class Exit(enum.IntEnum):

@@ -22,14 +22,15 @@ from typing import Any
 import redis
 import redis.client
 
-from janitor import embedded, scripts
+from janitor.dev import embedded
+from janitor.redis_io import scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "acl.md"
 PASSWORD = "acl-test-Pa55"
 SAMPLES_PER_COMMAND = 25
 # janitor modules that write keyspaces for demos and tests, not the janitor's own work
-NOT_THE_JANITOR = ("janitor.demo", "janitor.embedded")
+NOT_THE_JANITOR = ("janitor.dev.demo", "janitor.dev.embedded")
 LUA_CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z_]+)'")
 EVENTS = re.compile(r"[^*?\[\]]*/\d+\.celeryev/worker\.\*")  # <global_keyprefix>/<db>.celeryev/worker.*
 

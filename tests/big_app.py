@@ -23,7 +23,7 @@ def make_app(url: str, *, extended: bool = False) -> Celery:
         worker_hijack_root_logger=False,
     )
 
-    @app.task(name="big.report")
+    @app.task(name="big.report", shared=False)  # not added to every app this process makes later
     def report(mb: int, tail: str = "") -> str:
         """A report of ``mb`` MiB whose last characters the caller chooses (e.g. text mimicking Celery's own tail)."""
         return "r" * (mb * 1024 * 1024 - len(tail)) + tail

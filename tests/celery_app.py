@@ -59,32 +59,32 @@ def make_app(profile: str, url: str, *, tasks: bool = True) -> Celery:
 
 def _register(app: Celery) -> None:
 
-    @app.task(name="ks.add")
+    @app.task(name="ks.add", shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(name="ks.tsum")
+    @app.task(name="ks.tsum", shared=False)
     def tsum(values: list[int]) -> int:
         return sum(values)
 
-    @app.task(name="ks.fail")
+    @app.task(name="ks.fail", shared=False)
     def fail(message: str = "kaboom") -> None:
         raise ValueError(message)
 
-    @app.task(name="ks.flaky", bind=True, max_retries=2, default_retry_delay=0.1)
+    @app.task(name="ks.flaky", shared=False, bind=True, max_retries=2, default_retry_delay=0.1)
     def flaky(self: Any, failures: int, countdown: float = 0.1) -> str:
         """Fail ``failures`` times (retrying each time), then succeed; past max_retries it fails."""
         if self.request.retries < failures:
             raise self.retry(exc=RuntimeError(f"attempt {self.request.retries}"), countdown=countdown)
         return "finally"
 
-    @app.task(name="ks.progress", bind=True)
+    @app.task(name="ks.progress", shared=False, bind=True)
     def progress(self: Any, done: int, total: int) -> None:
         """Report a custom state and stop there, as tasks that manage their own state do."""
         self.update_state(state="PROGRESS", meta={"done": done, "total": total})
         raise Ignore()
 
-    @app.task(name="ks.die")
+    @app.task(name="ks.die", shared=False)
     def die() -> None:
         """Kill the worker mid-task (OOM killer, segfault): STARTED stays behind."""
         os.kill(os.getpid(), signal.SIGKILL)

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from celery import Celery, chord, group
 
-from janitor import embedded
+from janitor.dev import embedded
 from tests.celery_app import PROFILES, make_app, queue_of
 from tests.test_broker import wait_for
 
@@ -43,7 +43,7 @@ BULK = {"plain": 2000, "pickle": 1000}
 NO_TTL = tuple(p for p, conf in PROFILES.items() if conf.get("result_expires") is None)
 PREFIXES = {"myapp": "myapp_", "other": "other_"}
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-# Key names of Celery's result backend, written independently of janitor.keyspace.
+# Key names of Celery's result backend, written independently of janitor.celery_model.keyspace.
 RESULT_KEY = re.compile(
     rb"^(?P<prefix>|myapp_|other_)(?:celery-task-meta-(?P<tid>[^*?\[\]\x00-\x1f]+)"
     rb"|celery-taskset-meta-(?P<gid>" + UUID.encode() + rb")(?P<sfx>\.[jstdc])?)$"

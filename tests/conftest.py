@@ -10,7 +10,8 @@ import pytest
 import redis
 import structlog
 
-from janitor import config, embedded
+from janitor import config
+from janitor.dev import embedded
 from tests import acl_audit
 
 # hypothesis is imported here, not first by its pytest plugin at the end of a run:

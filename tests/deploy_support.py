@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from janitor import embedded
+from janitor.dev import embedded
 from tests import test_daemon
 from tests.test_daemon import Janitor, wait_for
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from janitor import demo, embedded
+from janitor.dev import demo, embedded
 from tests import acl_audit
 
 PASSWORD = acl_audit.PASSWORD

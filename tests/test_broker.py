@@ -22,12 +22,13 @@ import redis
 from celery import Celery
 from prometheus_client import CollectorRegistry, generate_latest
 
-from janitor import config, embedded
-from janitor.daemon import Daemon
-from janitor.heartbeats import WorkerTracker
-from janitor.lease import Change
-from janitor.metrics import Metrics
-from janitor.sweeps import broker
+from janitor import config
+from janitor.dev import embedded
+from janitor.operations import broker
+from janitor.redis_io.heartbeats import WorkerTracker
+from janitor.redis_io.lease import Change
+from janitor.service.daemon import Daemon
+from janitor.service.metrics import Metrics
 from tests import broker_app
 from tests.test_daemon import launch, stop_all
 
@@ -166,7 +167,7 @@ class TestQueues:
 
     def test_catalog_spares_the_keyspace_scan(self, client: redis.Redis, settings: config.Settings) -> None:
         """A daemon's repeated checks find queues by SCAN once per catalog period, then only read their depth."""
-        from janitor.sweeps.broker import QueueCatalog, detect
+        from janitor.operations.broker import QueueCatalog, detect
 
         client.sadd("_kombu.binding.q1", "q1\x06\x16\x06\x16q1")
         client.lpush("q1", "m")

@@ -8,7 +8,8 @@ import time
 import pytest
 import redis
 
-from janitor import cli, embedded
+from janitor import cli
+from janitor.dev import embedded
 from janitor.errors import Exit
 from tests.test_broker import deliver_without_ack, producer, snapshot
 

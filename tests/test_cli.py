@@ -13,9 +13,10 @@ import threading
 import pytest
 import redis
 
-from janitor import cli, config, demo, embedded
+from janitor import cli, config
+from janitor.dev import demo, embedded
 from janitor.errors import Exit
-from janitor.sweeps.results import SweepReport
+from janitor.operations.sweep import SweepReport
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

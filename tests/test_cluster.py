@@ -26,9 +26,12 @@ import pytest
 import redis
 import redis.cluster
 
-from janitor import cli, cluster, config, demo, embedded, scripts
+from janitor import cli, config
+from janitor.dev import demo, embedded
 from janitor.errors import Exit
-from janitor.sweeps.results import FENCE_NONE, Fence, SweepReport, _Pass
+from janitor.operations.sweep import SweepReport, _Pass, sweep_cluster
+from janitor.redis_io import scripts
+from janitor.redis_io.lease import FENCE_NONE, Fence
 from tests.test_daemon import LEASE_TTL, ROOT, daemon_env, launch, stop_all, wait_for
 
 NOW = dt.datetime.now(dt.UTC)
@@ -230,7 +233,7 @@ class TestLayouts:
         assert len(owners) == 3  # the unprefixed results really are on every primary
 
         before = rc.snapshot()
-        report = cluster.sweep_cluster(_settings(rc, JANITOR_KEY_PREFIX="{celery}"))
+        report = sweep_cluster(_settings(rc, JANITOR_KEY_PREFIX="{celery}"))
         after = rc.snapshot()
         _check(before, after, set(tagged.old), set(tagged.fresh))
         assert report.completed
@@ -250,7 +253,7 @@ class TestLayouts:
         assert len(shown["nodes"]) == 3
         _check(after, rc.snapshot(), set(plain.old), set(plain.fresh))
 
-        again = cluster.sweep_cluster(_settings(rc))
+        again = sweep_cluster(_settings(rc))
         assert again.completed
         assert (again.deleted, again.ttl_applied) == ({}, {})
         client.close()
@@ -260,7 +263,7 @@ class TestLayouts:
         _fill(client, "", old=30, fresh=10)
         _fill(client, "{celery}_", old=30, fresh=10)
         before = rc.snapshot()
-        report = cluster.sweep_cluster(_settings(rc), dry_run=True)
+        report = sweep_cluster(_settings(rc), dry_run=True)
         assert report.completed
         assert (report.deleted["task"], report.ttl_applied["task"]) == (30, 10)
         assert rc.snapshot() == before
@@ -344,7 +347,7 @@ class TestResharding:
 
         monkeypatch.setattr(scripts.Tally, "run", run)
         settings = _settings(rc, JANITOR_KEY_PREFIX="{celery}", JANITOR_SCAN_COUNT="50")
-        first = cluster.sweep_cluster(settings)
+        first = sweep_cluster(settings)
         monkeypatch.undo()
         assert moved
         assert rc.owner(slot) == target
@@ -355,7 +358,7 @@ class TestResharding:
         for key in set(mid) & set(tagged.fresh):
             assert mid[key][0] == before[key][0]
 
-        second = cluster.sweep_cluster(settings)
+        second = sweep_cluster(settings)
         assert second.completed
         assert not second.skipped["moved"]
         _check(before, rc.snapshot(), set(tagged.old), set(tagged.fresh))
@@ -372,12 +375,12 @@ class TestResharding:
         before = rc.snapshot()
         _move_slot(rc, slot, source, target, only=tagged.old[:50] + tagged.fresh[:20])
         settings = _settings(rc, JANITOR_KEY_PREFIX="{celery}")
-        first = cluster.sweep_cluster(settings)
+        first = sweep_cluster(settings)
         assert first.completed
         assert first.skipped["moved"] == 70
         assert first.deleted["task"] + first.ttl_applied["task"] == 140 - 70
         _finish_move(rc, slot, source, target)
-        second = cluster.sweep_cluster(settings)
+        second = sweep_cluster(settings)
         assert second.completed
         assert second.deleted["task"] + second.ttl_applied["task"] == 70
         _check(before, rc.snapshot(), set(tagged.old), set(tagged.fresh))
@@ -395,7 +398,7 @@ class TestFailover:
         before = rc.snapshot()
         victim = next(p for p in rc.primaries() if p != rc.ports[0])
         _before_fifth_call(monkeypatch, victim, lambda: rc.kill(victim))
-        first = cluster.sweep_cluster(_settings(rc))
+        first = sweep_cluster(_settings(rc))
         monkeypatch.undo()
         assert not first.completed
         dead = first.nodes[f"127.0.0.1:{victim}"]
@@ -405,7 +408,7 @@ class TestFailover:
         assert 0 < first.deleted["task"] < 200
 
         rc.wait_ok()  # the victim's replica is primary now
-        second = cluster.sweep_cluster(_settings(rc))
+        second = sweep_cluster(_settings(rc))
         assert second.completed
         assert victim not in rc.primaries()
         _check(before, rc.snapshot(), set(plain.old), set(plain.fresh))
@@ -430,7 +433,7 @@ class TestFailover:
                 time.sleep(0.05)
 
         _before_fifth_call(monkeypatch, victim, fail_over)
-        first = cluster.sweep_cluster(_settings(rc))
+        first = sweep_cluster(_settings(rc))
         monkeypatch.undo()
         old_primary = first.nodes[f"127.0.0.1:{victim}"]
         assert old_primary["completed"]
@@ -440,7 +443,7 @@ class TestFailover:
         rc.wait_ok()
         assert replica in rc.primaries()
         assert victim not in rc.primaries()
-        second = cluster.sweep_cluster(_settings(rc))
+        second = sweep_cluster(_settings(rc))
         assert second.completed
         assert f"127.0.0.1:{replica}" in second.nodes
         _check(before, rc.snapshot(), set(plain.old), set(plain.fresh))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from janitor import config, connection
+from janitor import config
+from janitor.redis_io import connection
 
 
 class TestUrlSources:

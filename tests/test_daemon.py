@@ -26,7 +26,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from janitor import demo, embedded
+from janitor.dev import demo, embedded
 
 LEASE_TTL = 2.0
 ROOT = Path(__file__).resolve().parent.parent

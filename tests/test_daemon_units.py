@@ -11,12 +11,16 @@ import redis
 import structlog
 from prometheus_client import CollectorRegistry
 
-from janitor import config, demo, scheduler, scripts
-from janitor.daemon import Daemon, RedisHealth
-from janitor.jobs import Context, Job, Outcome
-from janitor.jobs.census import result_census
-from janitor.lease import Change
-from janitor.metrics import Metrics, ResultCensus
+from janitor import config
+from janitor.dev import demo
+from janitor.redis_io import scripts
+from janitor.redis_io.lease import Change
+from janitor.service import scheduler
+from janitor.service.daemon import Daemon
+from janitor.service.health import RedisHealth
+from janitor.service.jobs import Context, Job, Outcome
+from janitor.service.jobs.census import result_census
+from janitor.service.metrics import Metrics, ResultCensus
 
 
 class TestScheduler:

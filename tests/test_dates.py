@@ -19,8 +19,11 @@ from zoneinfo import ZoneInfo
 import redis
 from celery import Celery
 
-from janitor import census, config, embedded, findings
-from janitor.sweeps.results import sweep
+from janitor import config
+from janitor.dev import embedded
+from janitor.operations import census
+from janitor.operations.sweep import sweep
+from janitor.reports import findings, text
 
 MB = 1024 * 1024
 
@@ -116,7 +119,7 @@ class TestLargeUnreadable:
         doc = json.loads(proc.stdout)
         assert doc["keyspace"]["unjudged_results"] == {"keys": 2, "bytes": size}
         found = {f["code"]: f for f in doc["findings"]}["large_results_unreadable"]
-        assert found["title"] == (f"2 result keys holding {findings.size(size)} have no TTL and cannot be read safely")
+        assert found["title"] == (f"2 result keys holding {text.size(size)} have no TTL and cannot be read safely")
         assert "EXPIRE" in found["fix"]
         report = sweep(client, settings)
         assert (report.deleted, report.skipped, report.skipped_bytes) == (

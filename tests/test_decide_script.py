@@ -1,4 +1,4 @@
-"""DECIDE (janitor/lua/decide.lua, the retention rules in Lua) against rules.decide (in Python), on real servers.
+"""DECIDE (redis_io/lua/decide.lua, the retention rules in Lua) against rules.decide (in Python), on real servers.
 
 DECIDE may hand any key back to Python (with INSPECT's row); when it acts
 itself it must take exactly the decision decide() takes, to the millisecond, and
@@ -20,11 +20,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from janitor import config, scripts
-from janitor.keyspace import Kind, Layout
-from janitor.scripts import Code, Handed, Op
-from janitor.sweeps.results import Fence, SweepReport, _Pass
-from janitor.sweeps.rules import Action, decide
+from janitor import config
+from janitor.celery_model.keyspace import Kind, Layout
+from janitor.operations.rules import Action, decide
+from janitor.operations.sweep import SweepReport, _Pass
+from janitor.redis_io import scripts
+from janitor.redis_io.lease import Fence
+from janitor.redis_io.scripts import Code, Handed, Op
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=dt.UTC)
 STATES = ["SUCCESS", "FAILURE", "REVOKED", "STARTED", "RETRY", "PENDING", "PROGRESS"]

@@ -32,7 +32,8 @@ import pytest
 import redis
 import yaml
 
-from janitor import __version__, config, demo, embedded
+from janitor import __version__, config
+from janitor.dev import demo, embedded
 from tests.conftest import ENGINES
 from tests.deploy_support import DEPLOY, ROOT, daemon_env, exported_names, running_daemon
 from tests.test_daemon import wait_for

@@ -13,9 +13,11 @@ import pytest
 import redis
 from celery import Celery
 
-from janitor import config, demo, diagnose, embedded
+from janitor import config
+from janitor.dev import demo, embedded
 from janitor.errors import Exit
-from janitor.sweeps.results import sweep
+from janitor.operations.sweep import sweep
+from janitor.reports import diagnose
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 

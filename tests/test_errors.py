@@ -9,7 +9,7 @@ import redis
 
 from janitor import errors
 from janitor.errors import Exit, classify
-from janitor.sweeps.broker import SeparatorMismatch
+from janitor.operations.broker import SeparatorMismatch
 
 
 @pytest.mark.parametrize(

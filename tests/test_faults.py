@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 import redis
 
-from janitor import demo, embedded
-from janitor.lease import LEASE_SUFFIX, Change, Lease
+from janitor.dev import demo, embedded
+from janitor.redis_io.lease import LEASE_SUFFIX, Change, Lease
 from tests.test_broker import deliver_without_ack, message_ids, producer
 from tests.test_daemon import LEASE_TTL, ROOT, Janitor, wait_for
 

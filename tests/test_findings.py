@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from janitor import findings
-from janitor.census import Census
-from janitor.findings import Inputs, MemoryInfo, Workers
-from janitor.sweeps.broker import BrokerReport, QueueDepth, UnackedMessage
+from janitor.operations.broker import BrokerReport, QueueDepth, UnackedMessage
+from janitor.operations.census import Census
+from janitor.reports import findings, text
+from janitor.reports.findings import Inputs, MemoryInfo, Workers
 
 MiB = 1024 * 1024
 
@@ -207,9 +207,9 @@ class TestOrderingAndExit:
 
     def test_sizes_and_durations_for_people(self) -> None:
         """Byte and time formatting used in evidence strings."""
-        assert findings.size(512) == "512 B"
-        assert findings.size(3 * MiB) == "3.0 MiB"
-        assert findings.size(None) == "unknown"
-        assert findings.duration(30) == "30 s"
-        assert findings.duration(7200) == "2.0 h"
-        assert findings.duration(10 * 86400) == "10.0 d"
+        assert text.size(512) == "512 B"
+        assert text.size(3 * MiB) == "3.0 MiB"
+        assert text.size(None) == "unknown"
+        assert text.duration(30) == "30 s"
+        assert text.duration(7200) == "2.0 h"
+        assert text.duration(10 * 86400) == "10.0 d"

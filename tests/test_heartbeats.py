@@ -14,8 +14,9 @@ from celery import Celery
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from janitor import config, embedded
-from janitor.heartbeats import ClientSource, WorkerTracker, parse_event
+from janitor import config
+from janitor.dev import embedded
+from janitor.redis_io.heartbeats import ClientSource, WorkerTracker, parse_event
 
 
 def _app(url: str, **transport: Any) -> Celery:

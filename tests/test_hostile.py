@@ -26,8 +26,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from janitor import config
-from janitor.demo import encode, task_meta
-from janitor.sweeps.results import sweep
+from janitor.dev.demo import encode, task_meta
+from janitor.operations.sweep import sweep
 
 KEYS_PER_EXAMPLE = 2500
 EXAMPLES = 20

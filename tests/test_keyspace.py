@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from janitor.keyspace import Kind, Layout, result_prefix
+from janitor.celery_model.keyspace import Kind, Layout, result_prefix
 
 
 class TestResultPrefix:

@@ -30,11 +30,13 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from kombu.utils.json import dumps
 
-from janitor import config, payload, scripts
-from janitor.keyspace import Kind
-from janitor.sweeps import results
-from janitor.sweeps.results import SweepReport, sweep
-from janitor.sweeps.rules import Action, Skip, decide
+from janitor import config
+from janitor.celery_model import payload
+from janitor.celery_model.keyspace import Kind
+from janitor.operations.rules import Action, Skip, decide
+from janitor.operations.sweep import SweepReport, sweep
+from janitor.redis_io import scripts
+from janitor.redis_io.lease import FENCE_NONE
 from tests import big_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,10 +295,10 @@ class TestLargeResultsOnRealServers:
         write = [scripts.Write(key, action.op, 0, action.guard)]
         for changed in (value[:-3] + b'1"}', value + b" ", value[:10] + b"Z" + value[11:]):
             client.set(key, changed)
-            assert scripts.act(scripts.Tally(), client, fence=results.FENCE_NONE, token="", writes=write) == [False]
+            assert scripts.act(scripts.Tally(), client, fence=FENCE_NONE, token="", writes=write) == [False]
             assert client.exists(key)
         client.set(key, value[: 3 * MB // 2] + b"w" + value[3 * MB // 2 + 1 :])  # the middle only
-        assert scripts.act(scripts.Tally(), client, fence=results.FENCE_NONE, token="", writes=write) == [True]
+        assert scripts.act(scripts.Tally(), client, fence=FENCE_NONE, token="", writes=write) == [True]
         assert not client.exists(key)
 
     @pytest.mark.parametrize("mb", [10, 100])

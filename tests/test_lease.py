@@ -8,9 +8,10 @@ import json
 import pytest
 import redis
 
-from janitor import config, demo
-from janitor.lease import NOT_HELD, Change, Lease
-from janitor.sweeps.results import sweep
+from janitor import config
+from janitor.dev import demo
+from janitor.operations.sweep import sweep
+from janitor.redis_io.lease import NOT_HELD, Change, Lease
 
 
 class Clock:

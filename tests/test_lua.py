@@ -1,5 +1,5 @@
 """The Lua scripts: luacheck finds nothing, each file documents its KEYS, ARGV and reply,
-and each script of janitor/lua/ is run by exactly one wrapper in janitor/scripts.py."""
+and each script of janitor/redis_io/lua/ is run by exactly one wrapper in janitor/redis_io/scripts.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from janitor import scripts
+from janitor.redis_io import scripts
 
 ROOT = Path(__file__).resolve().parent.parent
-LUA = ROOT / "janitor" / "lua"
+LUA = ROOT / "janitor" / "redis_io" / "lua"
 SOURCES = sorted(LUA.glob("*.lua")) + sorted((ROOT / "bench").glob("*.lua"))
 SLOT = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
 DOCUMENTED_RANGE = re.compile(r"\b(KEYS|ARGV)\[(\d+)\.\.n\]")
@@ -74,8 +74,8 @@ def test_every_script_documents_its_keys_argv_and_reply(path: Path) -> None:
 
 
 def _packaged() -> dict[str, str]:
-    """Script constant in janitor/scripts.py -> the janitor/lua/ file it loads."""
-    tree = ast.parse((ROOT / "janitor" / "scripts.py").read_text())
+    """Script constant in janitor/redis_io/scripts.py -> the janitor/redis_io/lua/ file it loads."""
+    tree = ast.parse((ROOT / "janitor" / "redis_io" / "scripts.py").read_text())
     found = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
@@ -98,7 +98,7 @@ def test_each_script_file_is_loaded_once() -> None:
 def test_each_script_has_exactly_one_wrapper_named_after_it() -> None:
     """Only the wrapper touches its script; nothing else in janitor/ or bench/ names one."""
     constants = _packaged()
-    tree = ast.parse((ROOT / "janitor" / "scripts.py").read_text())
+    tree = ast.parse((ROOT / "janitor" / "redis_io" / "scripts.py").read_text())
     users: dict[str, list[str]] = {name: [] for name in constants}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
@@ -117,7 +117,7 @@ def test_each_script_has_exactly_one_wrapper_named_after_it() -> None:
         named |= {
             alias.name
             for n in ast.walk(module)
-            if isinstance(n, ast.ImportFrom) and n.module == "janitor.scripts"
+            if isinstance(n, ast.ImportFrom) and n.module == "janitor.redis_io.scripts"
             for alias in n.names
         }
         assert not named & set(constants), f"{path.relative_to(ROOT)} uses {named & set(constants)}, not a wrapper"

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from janitor import __version__
-from janitor.metrics import Metrics, ResultCensus, SweepRecorder
-from janitor.sweeps.results import SweepReport
+from janitor.operations.sweep import SweepReport
+from janitor.service.metrics import Metrics, ResultCensus, SweepRecorder
 
 
 @pytest.fixture(name="registry")

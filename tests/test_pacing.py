@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from janitor.pacing import Pacer
+from janitor.redis_io.pacing import Pacer
 
 
 class TestBatchGuard:

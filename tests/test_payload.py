@@ -15,8 +15,8 @@ import msgpack
 import pytest
 import yaml
 
-from janitor import payload, picklescan
-from janitor.demo import encode, task_meta
+from janitor.celery_model import payload, picklescan
+from janitor.dev.demo import encode, task_meta
 
 MAX = 1024 * 1024
 DONE = dt.datetime(2026, 11, 22, 14, 13, 26, 184669, tzinfo=dt.UTC)

@@ -12,8 +12,8 @@ import time
 
 import redis
 
-from janitor import demo, embedded
-from janitor.progress import Progress
+from janitor.dev import demo, embedded
+from janitor.dev.progress import Progress
 
 
 def _env(url: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ import pytest
 import redis
 import yaml
 
-from janitor import demo, embedded
+from janitor.dev import demo, embedded
 from tests.conftest import ENGINES
 from tests.deploy_support import DEPLOY, ROOT, daemon_env, running_daemon
 from tests.test_daemon import wait_for

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from janitor import config, payload
-from janitor.demo import task_meta
-from janitor.keyspace import Kind
-from janitor.scripts import sha1
-from janitor.sweeps.rules import CAP_SLACK_MS, Action, Skip, decide
+from janitor import config
+from janitor.celery_model import payload
+from janitor.celery_model.keyspace import Kind
+from janitor.dev.demo import task_meta
+from janitor.operations.rules import CAP_SLACK_MS, Action, Skip, decide
+from janitor.redis_io.scripts import sha1
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 S = config.load({})

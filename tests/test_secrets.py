@@ -20,7 +20,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from janitor import demo, embedded
+from janitor.dev import demo, embedded
 from tests.conftest import ENGINES
 from tests.test_daemon import ROOT, launch, stop_all, wait_for
 

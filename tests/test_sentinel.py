@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from janitor import cli, config, embedded
+from janitor import cli, config
+from janitor.dev import embedded
 from tests.conftest import ENGINES
 from tests.test_daemon import Janitor, _old_results, launch, stop_all, wait_for
 

@@ -18,15 +18,16 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from janitor import config, embedded
-from janitor.census import Census
-from janitor.daemon import RedisHealth
-from janitor.findings import Finding, MemoryInfo, Workers
-from janitor.metrics import Metrics
-from janitor.status_book import Live, StatusBook
-from janitor.status_page import HEADERS, Banner, RedisState, StatusState, SweepRun, authorize, render
-from janitor.sweeps.broker import BrokerReport, QueueDepth, UnackedMessage
-from janitor.sweeps.results import SweepReport
+from janitor import config
+from janitor.dev import embedded
+from janitor.operations.broker import BrokerReport, QueueDepth, UnackedMessage
+from janitor.operations.census import Census
+from janitor.operations.sweep import SweepReport
+from janitor.reports.findings import Finding, MemoryInfo, Workers
+from janitor.service.health import RedisHealth
+from janitor.service.metrics import Metrics
+from janitor.service.status_book import Live, StatusBook
+from janitor.service.status_page import HEADERS, Banner, RedisState, StatusState, SweepRun, authorize, render
 from tests.test_daemon import launch, stop_all, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"

@@ -10,8 +10,11 @@ import msgpack
 import pytest
 import redis
 
-from janitor import config, demo, scripts
-from janitor.sweeps.results import Fence, SweepReport, sweep
+from janitor import config
+from janitor.dev import demo
+from janitor.operations.sweep import SweepReport, sweep
+from janitor.redis_io import scripts
+from janitor.redis_io.lease import Fence
 
 NOW = dt.datetime.now(dt.UTC)
 

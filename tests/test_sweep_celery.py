@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
-from janitor import config, embedded
-from janitor.sweeps.results import SweepReport, sweep
+from janitor import config
+from janitor.dev import embedded
+from janitor.operations.sweep import SweepReport, sweep
 from tests import celery_keyspace as ck
 
 pytestmark = pytest.mark.celery

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from janitor import demo, embedded
+from janitor.dev import demo, embedded
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("redis-server") or not shutil.which("openssl"), reason="needs redis-server and openssl"

@@ -1,0 +1,1 @@
+"""For people trying the janitor: the demo, a private Redis-protocol server, a progress bar."""

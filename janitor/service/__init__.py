@@ -1,0 +1,1 @@
+"""``celery-janitor run``: the daemon, its jobs, metrics, health and HTTP endpoints."""

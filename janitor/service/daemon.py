@@ -1,0 +1,291 @@
+"""``celery-janitor run``: scheduled sweeps behind a lease, metrics and health over HTTP.
+
+Threads: the main one waits for SIGTERM/SIGINT; APScheduler runs the jobs;
+the lease keeper renews or polls the lease; wsgiref serves HTTP. Redis being
+away is a state, not a crash: it is logged once when it changes, shown as
+``janitor_redis_up 0`` and a 503 on ``/readyz``, and retried with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, cast
+
+import redis
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from janitor import __version__, config, errors
+from janitor.config import Settings
+from janitor.errors import Exit
+from janitor.redis_io import cluster, connection
+from janitor.redis_io.heartbeats import WorkerTracker
+from janitor.redis_io.lease import Change, Keeper, Lease
+from janitor.service import http, scheduler
+from janitor.service import jobs as all_jobs
+from janitor.service.health import RedisHealth
+from janitor.service.jobs import Context, Job
+from janitor.service.jobs.results import ResultsJob
+from janitor.service.metrics import Metrics
+from janitor.service.status_book import Live, StatusBook
+
+SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+log = structlog.get_logger("janitor.daemon")
+
+
+def run(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a clean stop, 2 when it cannot start."""
+    if not settings.redis_url:
+        print(config.NO_URL, file=sys.stderr)
+        return Exit.BAD_CONFIG
+    # Block the signals before any thread starts, so every thread inherits the
+    # mask and the main thread alone takes them with sigwait: no handler runs
+    # at an arbitrary point of another call, and it works as PID 1.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        daemon = Daemon.create(settings)
+        daemon.start()
+    except connection.URLError as exc:
+        print(f"celery-janitor: {settings.redis_url_source}: {exc}", file=sys.stderr)
+        return Exit.BAD_CONFIG
+    except OSError as exc:
+        where = f"{settings.metrics_host or '[::]'}:{settings.metrics_port}"
+        print(f"celery-janitor: cannot listen on {where}: {exc}; set JANITOR_METRICS_PORT", file=sys.stderr)
+        return Exit.BAD_CONFIG
+    signum = signal.sigwait(SIGNALS)
+    log.info("daemon.stopping", signal=signal.Signals(signum).name, timeout_s=settings.shutdown_timeout)
+    code = daemon.stop()
+    if code != Exit.OK:
+        # A job is still inside a Redis call; its non-daemon executor thread would hold exit.
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+@dataclass
+class Daemon:
+    """The wired service; :meth:`start` and :meth:`stop` are its whole lifecycle."""
+
+    settings: Settings
+    client: redis.Redis
+    lease: Lease
+    metrics: Metrics
+    broker_client: redis.Redis | None = None  # the broker's Redis, when it is not the results'
+    workers: WorkerTracker = field(default_factory=WorkerTracker)
+    jobs: list[Job] = field(default_factory=list)
+    ctx: Context = field(init=False)
+    health: RedisHealth = field(init=False)
+    book: StatusBook = field(init=False)
+    scheduler: BackgroundScheduler = field(init=False)
+    _failing: dict[str, str] = field(default_factory=dict)  # readiness jobs whose last run failed
+    _completed: set[str] = field(default_factory=set)  # jobs that have finished a full run
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _http: Any = None
+
+    @classmethod
+    def create(cls, settings: Settings, registry: CollectorRegistry | None = None) -> Daemon:
+        client = _client(settings, settings.socket_timeout)
+        # The lease gets its own connections and a timeout well under its TTL: a
+        # renewal must never wait behind a sweep or outlive the lease it renews.
+        lease_client = _client(settings, min(settings.socket_timeout, settings.lease_ttl / 3))
+        lease = Lease.for_prefix(lease_client, settings.key_prefix, settings.lease_ttl, cluster=settings.redis_cluster)
+        broker_client = _client(settings.for_broker(), settings.socket_timeout) if settings.broker_apart else None
+        metrics = Metrics(registry or CollectorRegistry())
+        return cls(settings, client, lease, metrics, broker_client=broker_client, jobs=all_jobs.for_settings(settings))
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.health = RedisHealth(self.metrics, s.masked_url, self._wake_all)
+        self.book = StatusBook(
+            s,
+            live=Live(
+                self.health.snapshot,
+                self.lease.held,
+                self.readiness,
+                lambda: scheduler.next_run(self.scheduler, ResultsJob.name),
+            ),
+        )
+        self.ctx = Context(
+            s, self.client, self.broker_client or self.client, self.lease, self.metrics, self.book, self.workers
+        )
+        self.metrics.gauge("janitor_is_leader").set_function(lambda: float(self.lease.held()))
+        self.metrics.gauge("janitor_dry_run").set(int(s.dry_run))
+        self.scheduler = scheduler.build(
+            [
+                scheduler.Job(job.name, partial(self.run_job, job), job.interval(s), first_run=job.first_run(s))
+                for job in self.jobs
+            ],
+            jitter=s.jitter,
+            on_overrun=self._overrun,
+        )
+        # APScheduler's own warnings say the same as our "overrun" lines, less clearly.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+    def start(self) -> None:
+        s = self.settings
+        self._http, http_thread = http.serve(
+            http.make_app(self.metrics.registry, self.readiness, self.book.page), s.metrics_host, s.metrics_port
+        )
+        # Heartbeats are pub/sub: listening from the start is what lets the
+        # broker check tell a dead worker from one we have not heard yet.
+        if not s.redis_cluster:
+            self.workers.start(s.broker_url or s.redis_url, s)
+        self.scheduler.start()
+        keeper = Keeper(self.lease, self.ctx.stop, self._lease_changed, self._lease_ok, self._lease_failed)
+        self._threads = [http_thread, keeper.start()]
+        host, port = self._http.server_address[:2]
+        host = f"[{host}]" if ":" in host else host
+        log.info(
+            "daemon.started",
+            version=__version__,
+            url=s.masked_url,
+            broker_url=s.masked_broker_url if s.broker_apart else "same",
+            url_source=s.redis_url_source,
+            http=f"{host}:{port}",
+            lease_key=self.lease.key.decode(errors="replace"),
+            lease_ttl_s=s.lease_ttl,
+            jobs={job.name: job.interval(s) for job in self.jobs},
+            dry_run=s.dry_run,
+        )
+
+    def stop(self) -> int:
+        """Finish the running batch, release the lease, stop serving; 0 when all that fit the timeout."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        self.ctx.stop.set()  # sweeps stop at the next batch boundary, the keeper wakes up
+        waiter = threading.Thread(target=scheduler.shutdown, args=(self.scheduler,), kwargs={"wait": True}, daemon=True)
+        waiter.start()
+        waiter.join(max(0.0, deadline - time.monotonic()))
+        for thread in self._threads[1:]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.workers.stop()
+        clean = not waiter.is_alive()
+        released = False
+        # With Redis away the release would only spend the timeout; the lease expires by itself.
+        if self.health.up:
+            try:
+                released = self.lease.release()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("lease.release_failed", detail=errors.classify(exc).message)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("daemon.stopped", clean=clean, lease_released=released)
+        return Exit.OK if clean else Exit.FORCED
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.health.up:
+            return False, f"redis unavailable: {self.health.reason}"
+        if self.lease.held() and self._failing:
+            name, error = next(iter(self._failing.items()))
+            return False, f"last {'sweep' if name == ResultsJob.name else name} failed: {error}"
+        return True, "ok"
+
+    # --- running jobs -------------------------------------------------------
+
+    def job(self, name: str) -> Job:
+        return next(job for job in self.jobs if job.name == name)
+
+    def run_job(self, job: Job) -> None:
+        """One run of ``job``: duration, errors, health, last success and one log line, all under its name."""
+        if self.ctx.stop.is_set() or (job.leader_only and not self.lease.held()):
+            return
+        series, label = _series(job)
+        on_results = job.on_results_server(self.settings)
+        started = time.monotonic()
+        try:
+            outcome = job.run(self.ctx)
+        except Exception as exc:  # a failed run is reported; the next one is scheduled anyway
+            failure = errors.classify(exc)
+            self.metrics.counter(f"{series}_errors_total").labels(job.name, failure.label).inc()
+            if job.readiness:
+                self._failing[job.name] = f"{failure.label}: {failure.message}"
+            if failure.unreachable and on_results:
+                self.health.failed(exc)  # "redis.down", logged once per change of state
+            if job.quiet and failure.unreachable:
+                pass  # a frequent job says no more than "redis.down" while Redis is away
+            elif failure.label == "fenced":
+                log.warning(f"{label}.fenced", **{label: job.name}, detail=failure.message, epoch=self.lease.epoch)
+            else:
+                internal = failure.label == "internal"
+                log.error(
+                    f"{label}.failed",
+                    **{label: job.name},
+                    error=failure.label,
+                    detail=failure.message,
+                    exc_info=internal,
+                )
+            return
+        finally:
+            self.metrics.histogram(f"{series}_duration_seconds").labels(job.name).observe(time.monotonic() - started)
+        if on_results:
+            self.health.ok()
+        self._failing.pop(job.name, None)
+        if not outcome.completed:
+            log.info(f"{label}.stopped", **{label: job.name}, stopping=self.ctx.stop.is_set(), **outcome.fields)
+            return
+        self.metrics.gauge(f"{series}_last_success_timestamp_seconds").labels(job.name).set(time.time())
+        (log.debug if job.quiet else log.info)(f"{label}.finished", **{label: job.name}, **outcome.fields)
+        if job.name not in self._completed:
+            self._completed.add(job.name)
+            for later in self.jobs:
+                if later.first_after == job.name:
+                    scheduler.run_soon(self.scheduler, later.name)
+
+    def _overrun(self, name: str) -> None:
+        series, label = _series(self.job(name))
+        self.metrics.counter(f"{series}_overruns_total").labels(name).inc()
+        log.info(f"{label}.overrun", **{label: name}, detail="previous run still going; this one skipped")
+
+    # --- lease keeper callbacks ----------------------------------------------
+
+    def _lease_changed(self, change: Change) -> None:
+        if change is Change.ACQUIRED:
+            self.metrics.counter("janitor_lease_acquisitions_total").inc()
+            log.info("lease.acquired", epoch=self.lease.epoch, key=self.lease.key.decode(errors="replace"))
+            scheduler.run_soon(self.scheduler, ResultsJob.name)
+        elif change is Change.LOST:
+            log.warning("lease.lost", epoch=self.lease.epoch)
+            self.metrics.seen.forget_leader_views()
+
+    def _lease_ok(self) -> None:
+        self._flush_lease_commands()
+        self.health.ok()
+
+    def _lease_failed(self, exc: BaseException) -> None:
+        self._flush_lease_commands()
+        if errors.classify(exc).label == "internal":
+            log.error("lease.error", exc_info=exc)
+        self.health.failed(exc)
+
+    def _flush_lease_commands(self) -> None:
+        self.metrics.add_commands(self.lease.tally.commands)
+        self.lease.tally.commands.clear()
+
+    def _wake_all(self) -> None:
+        if self.scheduler.running:
+            for job in self.jobs:
+                scheduler.run_soon(self.scheduler, job.name)
+
+
+def _series(job: Job) -> tuple[str, str]:
+    """The metric family prefix and the log label of a job: ``janitor_sweep``/``sweep`` or ``janitor_job``/``job``."""
+    return (f"janitor_{job.series}", job.series)
+
+
+def _client(settings: Settings, timeout: float) -> redis.Redis:
+    """A client that fails fast: the daemon does its own backing off and logs it once."""
+    if settings.redis_cluster:
+        return cast(redis.Redis, cluster.LazyCluster(settings, timeout))
+    # One immediate retry replaces a pooled connection a Redis restart killed.
+    return settings.connect(socket_timeout=timeout, retry=Retry(NoBackoff(), 1))

@@ -1,1 +1,0 @@
-"""Sweeps: each one scans, classifies and acts on one family of keys."""
