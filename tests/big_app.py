@@ -1,4 +1,5 @@
-"""A Celery app whose tasks return big results (``celery -A tests.big_app worker``), for tests/test_large_results.py.
+"""A Celery app whose tasks return big results (``celery -A tests.big_app worker``),
+for tests/integration/test_large_results.py.
 
 ``BIG_APP_URL`` names the server; ``BIG_APP_EXTENDED=1`` turns on result_extended. Results are
 kept forever (result_expires=None), the configuration the janitor exists for.

