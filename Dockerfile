@@ -2,7 +2,7 @@
 # .github/workflows/release.yml builds it for amd64 and arm64 on a version tag).
 # Stage 1 builds every wheel and installs them into a virtualenv; the final
 # stage copies only that virtualenv onto a clean slim base and runs as UID 10001.
-# No cache mounts (Railway's builder rejects unnamed ones). tests/test_deploy.py
+# No cache mounts (Railway's builder rejects unnamed ones). tests/integration/test_deploy.py
 # lints this file with hadolint and replays the RUN lines of stage 1 in a fresh venv.
 
 FROM python:3.12-slim AS build

@@ -26,7 +26,7 @@ want prometheus prometheus          # the end-to-end scrape of a live daemon
 want chromium chromium chromium-browser  # the status page in a real headless browser
 want openssl openssl                # TLS test certificates
 want shellcheck shellcheck          # this script, .ci/run and the workflows' run: steps
-want lua-check luacheck             # the Lua scripts in janitor/redis_io/lua/ (tests/test_lua.py)
+want lua-check luacheck             # the Lua scripts in janitor/redis_io/lua/ (tests/integration/test_lua.py)
 # kubectl (for `kubectl kustomize`), hadolint and actionlint come from PyPI with the dev extra.
 
 [ ${#packages[@]} -eq 0 ] && exit 0

@@ -226,7 +226,7 @@ def edge_result_meta(edges: Edges, *, naive: dt.tzinfo = dt.UTC) -> ResultMeta:
        repeats no member: from a comma inside a nested value, that value's closing bracket
        would end the object before the tail does.
 
-    Either check alone rules out a wrong member (tests/test_large_results.py holds both to
+    Either check alone rules out a wrong member (tests/unit/test_large_results.py holds both to
     the whole value's decision). With the head, the outermost object's first member read
     forwards from byte 0, these are the members a parse of the whole value returns: Celery
     writes each member once.

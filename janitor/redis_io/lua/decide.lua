@@ -36,7 +36,7 @@
 --   6, value   the value
 --   4, 0       the reply's byte budget is spent (INSPECT it)
 --   8, 0       over the limit (ARGV[4])
--- A dry run also lists what it would do per key (tests/test_decide_script.py):
+-- A dry run also lists what it would do per key (tests/integration/test_decide_script.py):
 --   1, ms      set this TTL
 --   2, bytes   delete a value of this length
 -- Fails with 'FENCED ...', writing nothing, when the lease key does not hold the token.
