@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,7 +145,17 @@ def test_system_deps_stops_with_the_command_when_it_cannot_install(tmp_path: Pat
 
 def test_make_test_runs_it_before_anything_else() -> None:
     """`make test` (the README's command, and all .ci/run does) starts with the system packages."""
-    plan = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
+    # Run from inside `make test` itself (as CI does), make would otherwise announce the directory it enters.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}}
+    plan = subprocess.run(
+        ["make", "--no-print-directory", "-n", "test"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert plan.stdout.splitlines()[0] == "bash scripts/system-deps.sh"
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', "make test"]
