@@ -22,7 +22,7 @@ from janitor.errors import Exit
 from janitor.operations import census
 from janitor.operations.sweep import SweepReport, sweep, sweep_cluster
 from janitor.redis_io import connection
-from janitor.reports.text import size
+from janitor.reports.text import duration, size
 from janitor.service import logs
 
 DESCRIPTION = """\
@@ -125,7 +125,64 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--dry-run", action="store_true", help="write nothing; report what a real run would do")
     rs.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     rs.add_argument("--wait", type=float, default=10.0, help="seconds between the two passes (default 10)")
+    _queue_verbs(verbs)
     return parser
+
+
+# Verbs that move messages ask on a terminal; without one they need --yes (or --dry-run).
+MOVES = {"purge", "replay", "drop"}
+
+
+def _queue_verbs(verbs: Any) -> None:
+    """``queues``, ``purge`` and ``dead``: what waits in the queues, an undoable purge, the dead letters."""
+    qs = verbs.add_parser(
+        "queues",
+        help="what waits in each queue and priority list, by task name (read-only)",
+        description="Per queue and priority list: messages waiting, and by task name their count, positions from\n"
+        "the head (0 = the next a worker takes) and ages when the publisher stamped a timestamp.\n"
+        "Tallied on the server (EVALSHA_RO, a page per call): message bodies never cross the network.",
+        epilog="example: celery-janitor queues --json | jq '.queues[] | {name, waiting}'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    qs.add_argument("--json", action="store_true", help="print one JSON document")
+    qs.add_argument("--queue", action="append", default=[], metavar="Q", help="only this queue (repeatable)")
+    pg = verbs.add_parser(
+        "purge",
+        help="move a queue's messages (all, or by task / age) to janitor.dead.<queue>; undo with `dead replay`",
+        description="Moves the matching messages of every priority list of --queue to janitor.dead.<queue>, one\n"
+        "atomic script call per page: a worker consuming meanwhile gets each message once or not at all.\n"
+        "Asks on a terminal; elsewhere needs --yes (or --dry-run). `celery-janitor dead replay` undoes it.",
+        epilog="example: celery-janitor purge --queue celery --task app.tasks.report --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pg.add_argument("--queue", required=True, metavar="Q", help="the queue (kombu's name, as in -Q)")
+    pg.add_argument("--task", default="", metavar="NAME", help="only messages of this task name")
+    pg.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="S",
+        help="only messages whose publisher timestamp is S seconds old (unstamped ones are left)",
+    )
+    pg.add_argument("--dry-run", action="store_true", help="write nothing; report what would move")
+    pg.add_argument("--yes", action="store_true", help="do not ask")
+    pg.add_argument("--json", action="store_true", help="print one JSON summary")
+    dd = verbs.add_parser(
+        "dead",
+        help="the dead-letter lists janitor.dead.<queue>: list, replay to the queue, or drop",
+        description="list: what the dead-letter lists hold (task, id, reason, age), oldest first.\n"
+        "replay: back to the queue (the priority list of each message's priority), oldest first.\n"
+        "drop: deleted for good. replay and drop ask on a terminal; elsewhere they need --yes (or --dry-run).",
+        epilog="example: celery-janitor dead replay --queue celery --task app.tasks.report --limit 100 --yes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dd.add_argument("action", choices=["list", "replay", "drop"])
+    dd.add_argument("--queue", action="append", default=[], metavar="Q", help="only this queue (default: every one)")
+    dd.add_argument("--task", default="", metavar="NAME", help="only messages of this task name")
+    dd.add_argument("--limit", type=int, default=None, metavar="N", help="at most N per queue (list: default 100)")
+    dd.add_argument("--dry-run", action="store_true", help="write nothing; report what would move")
+    dd.add_argument("--yes", action="store_true", help="do not ask")
+    dd.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -153,9 +210,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return Exit.OK
     if args.verb == "demo":
         return _demo(settings, args.results)
-    if settings.redis_cluster and args.verb == "restore":
+    if settings.redis_cluster and args.verb in {"restore", "queues", "purge", "dead"}:
         print(
-            "celery-janitor: restore works on a Celery broker, and Celery's Redis broker does not run on "
+            f"celery-janitor: {args.verb} works on a Celery broker, and Celery's Redis broker does not run on "
             "Redis Cluster (JANITOR_REDIS_CLUSTER=true): point JANITOR_REDIS_URL at the broker's server",
             file=sys.stderr,
         )
@@ -168,6 +225,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _diagnose(settings, as_json=args.json, sample=max(args.sample, 0), listen_s=max(args.listen, 0.0))
     if args.verb == "restore":
         return _restore(settings, dry_run=args.dry_run or settings.dry_run, as_json=args.json, wait=args.wait)
+    if args.verb in {"queues", "purge", "dead"}:
+        return _queue_verb(settings, args)
     return _sweep(settings, dry_run=args.dry_run or settings.dry_run, as_json=args.json)
 
 
@@ -234,6 +293,110 @@ def _restore(settings: config.Settings, *, dry_run: bool, as_json: bool, wait: f
     except errors.ConfigMismatch as exc:
         print(f"celery-janitor: nothing restored: {exc}", file=sys.stderr)
         return Exit.BAD_CONFIG
+
+
+def _queue_verb(settings: config.Settings, args: argparse.Namespace) -> int:
+    """``queues``, ``purge``, ``dead``: the work is in operations.queues and operations.dead_letters."""
+    from janitor.operations import dead_letters, queues  # noqa: PLC0415 - only these verbs pay for them
+    from janitor.redis_io import scripts  # noqa: PLC0415
+
+    action = args.action if args.verb == "dead" else args.verb
+    dry_run = bool(getattr(args, "dry_run", False)) or settings.dry_run
+    if action in MOVES and not dry_run and not args.yes and not sys.stdin.isatty():
+        print(
+            f"celery-janitor: {action} moves messages and stdin is not a terminal to confirm on: "
+            "pass --yes to go ahead, or --dry-run to see what would move",
+            file=sys.stderr,
+        )
+        return Exit.BAD_CONFIG
+
+    def body(client: redis.Redis) -> int:
+        now = time.time()
+        if action == "queues":
+            seen = queues.browse(client, settings, now=now, queues=args.queue)
+            print(json.dumps(seen.as_dict(), indent=2) if args.json else "\n".join(_queues_text(seen)))
+            return Exit.OK
+        names = args.queue or dead_letters.dead_queues(client, settings, scripts.ReadOnlyTally())
+        if action == "list":
+            rows, lengths = dead_letters.listing(
+                client,
+                settings,
+                queues=names,
+                now=now,
+                task=args.task,
+                limit=args.limit or 100,
+                tally=scripts.ReadOnlyTally(),
+            )
+            if args.json:
+                print(json.dumps({"lengths": lengths, "entries": [r.as_dict() for r in rows]}, indent=2))
+            else:
+                print("\n".join(_dead_text(rows, lengths)))
+            return Exit.OK
+
+        def run(dry: bool) -> Any:
+            if action == "purge":
+                return queues.purge(
+                    client, settings, queue=args.queue, now=now, dry_run=dry, task=args.task, older_than=args.older_than
+                )
+            move = scripts.Move.REPLAY if action == "replay" else scripts.Move.DROP
+            return dead_letters.move(
+                client, settings, action=move, queues=names, dry_run=dry, task=args.task, limit=args.limit
+            )
+
+        if not dry_run and not args.yes:
+            preview = run(True)
+            print("\n".join(_moved_text(action, preview)))
+            if not preview.total:
+                return Exit.OK
+            if input(f"{action} these {preview.total:,} messages? [y/N] ").strip().lower() not in {"y", "yes"}:
+                print("nothing moved")
+                return Exit.REFUSED
+        done = run(dry_run)
+        structlog.get_logger("janitor.queues").info(f"{action}.finished", **done.as_dict())
+        print(json.dumps(done.as_dict()) if args.json else "\n".join(_moved_text(action, done)))
+        return Exit.OK
+
+    return _against_redis(settings.for_broker(), f"{action} scripts", body)
+
+
+def _queues_text(seen: Any) -> list[str]:
+    lines = []
+    for name, views in seen.queues.items():
+        lines.append(f"{name}: {sum(v.waiting for v in views):,} waiting")
+        for v in views:
+            more = " (tally of the head only)" if v.truncated else ""
+            lines.append(f"  priority {v.priority} ({v.key}): {v.waiting:,}{more}")
+            for t in v.tasks:
+                ages = ""
+                if t.oldest_age_s is not None and t.newest_age_s is not None:
+                    ages = f"  age {duration(t.newest_age_s)}..{duration(t.oldest_age_s)}"
+                lines.append(f"    {t.count:>8,}  {t.task}  positions {t.first_position:,}..{t.last_position:,}{ages}")
+    return lines or ["no queues found (none bound in _kombu.binding.*; name them with JANITOR_QUEUES)"]
+
+
+def _dead_text(rows: Sequence[Any], lengths: Mapping[str, int]) -> list[str]:
+    lines = [f"janitor.dead.{q}: {n:,}" for q, n in lengths.items()] or ["no dead-letter lists"]
+    for r in rows:
+        age = "age unknown" if r.age_s is None else f"dead {duration(r.age_s)}"
+        lines.append(f"  {r.queue}  {r.task_name}  {r.task_id}  {r.reason or 'reason unrecorded'}  {age}")
+    return lines
+
+
+def _moved_text(action: str, report: Any) -> list[str]:
+    verb = {"purge": "moved to janitor.dead.", "replay": "replayed", "drop": "dropped"}[action]
+    if action == "purge":
+        verb += report.queue
+    head = f"{'would be ' if report.dry_run else ''}{verb}: {report.total:,}"
+    if action == "purge":
+        lines = [head + f" of {report.scanned:,} read"]
+        lines += [f"  {n:>8,}  {task or 'unknown'}" for task, n in report.moved.most_common()]
+        if report.unstamped:
+            lines.append(f"  left alone: {report.unstamped:,} with no timestamp to judge --older-than by")
+        return lines
+    lines = [head]
+    for queue, counts in report.moved.items():
+        lines += [f"  {n:>8,}  {queue}  {task or 'unknown'}" for task, n in counts.most_common()]
+    return lines
 
 
 def _against_redis(settings: config.Settings, what: str, body: Callable[[redis.Redis], int]) -> int:

@@ -103,6 +103,10 @@ class Settings(BaseModel):
     restore_stuck: bool = False
     max_restores: Annotated[int, Field(ge=0, le=1000)] = 3
     broker_db: Annotated[int, Field(ge=0)] | None = None  # heartbeat channel /<db>.celeryev; default: the URL's db
+    # Dead-letter lists (janitor.dead.<queue>): the broker check trims each to dead_max entries and drops
+    # entries recorded more than dead_max_age seconds ago, oldest first (0: no cap / no age limit).
+    dead_max: Annotated[int, Field(ge=0)] = 0
+    dead_max_age: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("priority_steps")
     @classmethod

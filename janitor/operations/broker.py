@@ -77,6 +77,7 @@ class QueueDepth:
     total: int
     by_priority: dict[int, int]
     oldest_age_s: float | None
+    head_id: str = ""  # task id of the next message consumed (highest-priority list first)
 
 
 @dataclass
@@ -96,6 +97,11 @@ class BrokerReport:
     overdue_running: list[UnackedMessage] = field(default_factory=list)
     max_eta_delay_s: float | None = None
     orphaned_started: list[tuple[str, str]] = field(default_factory=list)
+    # unacked messages by (queue, state): the queue is the entry's routing key as kombu stored it
+    unacked_by_queue: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    # filled by the broker job: dead-letter list lengths, seconds the head task has waited
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    head_wait_s: dict[str, float] = field(default_factory=dict)
     workers_alive: int | None = None  # None: no heartbeat listener was given
     leaked_reply_lists: int = 0
     # A binding member not of the form routing_key<sep>pattern<sep>queue for our sep: the workers use another.
@@ -108,11 +114,23 @@ class BrokerReport:
     def stuck_tags(self) -> set[str]:
         return {m.tag for m in self.stuck}
 
+    def backlog(self, queue: QueueDepth) -> int:
+        """Waiting plus delivered-unacked messages of ``queue``: the figure an autoscaler needs."""
+        return queue.total + sum(n for (q, _), n in self.unacked_by_queue.items() if q == queue.name)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "visibility_timeout": self.visibility_timeout,
             "queues": [
-                {"name": q.name, "total": q.total, "by_priority": q.by_priority, "oldest_age_s": q.oldest_age_s}
+                {
+                    "name": q.name,
+                    "total": q.total,
+                    "by_priority": q.by_priority,
+                    "oldest_age_s": q.oldest_age_s,
+                    "backlog": self.backlog(q),
+                    "head_wait_s": _round(self.head_wait_s.get(q.name)),
+                    "dead_letters": self.dead_letters.get(q.name, 0),
+                }
                 for q in self.queues
             ],
             "unacked_total": self.unacked_total,
@@ -397,11 +415,13 @@ def _judge_started(
         _settle(dataclasses.replace(msg, worker=host), report)
     else:
         report.by_state[msg.state] += 1  # not heard yet is not dead: counted, not handed on
+        report.unacked_by_queue[msg.queue, msg.state] += 1
 
 
 def _settle(msg: UnackedMessage, report: BrokerReport) -> None:
     """Count a message in its final state; list what restore may act on and what runs overdue."""
     report.by_state[msg.state] += 1
+    report.unacked_by_queue[msg.queue, msg.state] += 1
     past_vt = report.now > msg.delivered_at + report.visibility_timeout
     # An expired message still inside the visibility timeout may be in a live
     # worker's hands (it will discard it itself); only past it is it ours.
@@ -512,13 +532,16 @@ def _queue_depths(client: redis.Redis, keys: BrokerKeys, report: BrokerReport, n
         rows = scripts.queue_depth(report.tally, client, lists=list(lists))
         by_priority: dict[int, int] = collections.Counter()
         stamps = []
+        heads: dict[int, str] = {}
         for step, row in zip(lists.values(), rows, strict=True):
             if row.length:
                 by_priority[step] += row.length
+                heads.setdefault(step, row.head_id)
             if row.stamp is not None:
                 stamps.append(row.stamp)
         oldest = report.now - min(stamps) if stamps else None
-        out.append(QueueDepth(name, sum(by_priority.values()), dict(sorted(by_priority.items())), oldest))
+        head = heads[min(heads)] if heads else ""  # kombu reads the lowest step (highest priority) first
+        out.append(QueueDepth(name, sum(by_priority.values()), dict(sorted(by_priority.items())), oldest, head))
     return out
 
 

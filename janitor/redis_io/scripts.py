@@ -66,6 +66,10 @@ RESULT_HEADS = Script.packaged("result_heads")
 HASH_ORPHANS = Script.packaged("hash_orphans")
 QUEUE_DEPTH = Script.packaged("queue_depth")
 RESTORE = Script.packaged("restore")
+QUEUE_TALLY = Script.packaged("queue_tally")
+MOVE_PAGE = Script.packaged("move_page")
+DEAD_PAGE = Script.packaged("dead_page")
+DEAD_TRIM = Script.packaged("dead_trim")
 
 
 # -- the tally -----------------------------------------------------------------------------
@@ -365,6 +369,7 @@ class SublistDepth:
 
     length: int
     stamp: float | None  # the next message's timestamp, when it has one
+    head_id: str = ""  # the next message's task id, when it has one
 
 
 def queue_depth(tally: Tally, client: redis.Redis, *, lists: Sequence[Key]) -> list[SublistDepth]:
@@ -423,3 +428,131 @@ def _key(key: Key) -> bytes:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+# -- queue browse, purge and dead letters --------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NameTally:
+    """One task name's messages in a page: how many, where (positions from the head) and their stamps."""
+
+    name: str
+    count: int
+    first: int  # nearest the head (the next consumed is 0)
+    last: int
+    oldest_stamp: float | None
+    newest_stamp: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TallyPage:
+    length: int  # LLEN when the page was read
+    read: int
+    names: list[NameTally]
+
+
+def queue_tally(tally: Tally, client: redis.Redis, *, list_key: Key, start: int, size: int) -> TallyPage:
+    """QUEUE_TALLY: positions ``start``..``start+size-1`` from the head of ``list_key``, tallied by task name."""
+    reply = tally.run(client, QUEUE_TALLY, [_key(list_key)], [start, size])
+    rows = reply[2:]
+    names = [
+        NameTally(
+            _text(rows[i]), int(rows[i + 1]), int(rows[i + 2]), int(rows[i + 3]), _num(rows[i + 4]), _num(rows[i + 5])
+        )
+        for i in range(0, len(rows), 6)
+    ]
+    return TallyPage(int(reply[0]), int(reply[1]), names)
+
+
+class Move(enum.StrEnum):
+    """What MOVE_PAGE does with the messages of a page that match."""
+
+    PURGE = "purge"  # to the dead-letter list
+    REPLAY = "replay"  # back to the queue's priority list
+    DROP = "drop"  # deleted
+    COUNT = "count"  # nothing: what would move (read-only)
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    read: int
+    moved: int
+    unstamped: int  # not matched: no stamp to compare with the cutoff
+    length: int  # LLEN before the call
+    by_name: dict[str, int]
+
+
+def move_page(
+    tally: Tally,
+    client: redis.Redis,
+    *,
+    mode: Move,
+    source: Key,
+    record: Key,
+    targets: Sequence[Key] = (),
+    steps: Sequence[int] = (),
+    start: int,
+    size: int,
+    task: str = "",
+    stamp_before: float | None = None,
+    most: int,
+    tombstone: str,
+    note: str = "",
+) -> Moved:
+    """MOVE_PAGE: the matching messages of one page of ``source`` moved in one atomic call (see the script).
+
+    ``targets``: the dead-letter list (PURGE), or the queue's lists at ``steps`` (REPLAY). COUNT writes
+    nothing; run it through a :class:`ReadOnlyTally`."""
+    keys = [_key(source), _key(record), *(_key(t) for t in targets)]
+    cutoff = "" if stamp_before is None else repr(stamp_before)
+    args: list[Any] = [mode.value, start, size, task, cutoff, most, tombstone, note, *steps]
+    reply = tally.run(client, MOVE_PAGE, keys, args)
+    rest = reply[4:]
+    by_name = {_text(rest[i]): int(rest[i + 1]) for i in range(0, len(rest), 2)}
+    return Moved(int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3]), by_name)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEntry:
+    task_name: str
+    task_id: str
+    tag: str
+    record: str  # '<reason> <unix time>' or ''
+    stamp: float | None
+
+
+def dead_page(
+    tally: Tally, client: redis.Redis, *, dead_list: Key, record: Key, start: int, size: int, task: str = ""
+) -> tuple[int, list[DeadEntry]]:
+    """DEAD_PAGE: entries read, and those matching ``task`` (oldest first), without their bodies."""
+    reply = tally.run(client, DEAD_PAGE, [_key(dead_list), _key(record)], [start, size, task])
+    rows = reply[1:]
+    entries = [
+        DeadEntry(_text(rows[i]), _text(rows[i + 1]), _text(rows[i + 2]), _text(rows[i + 3]), _num(rows[i + 4]))
+        for i in range(0, len(rows), 5)
+    ]
+    return int(reply[0]), entries
+
+
+def dead_trim(
+    tally: Tally,
+    client: redis.Redis,
+    *,
+    dead_list: Key,
+    record: Key,
+    keep: int,
+    before: float | None,
+    note: str,
+    most: int,
+) -> tuple[int, bool]:
+    """DEAD_TRIM: (entries dropped, more to drop) for a cap of ``keep`` (0: none) and an age cutoff ``before``."""
+    cutoff = "" if before is None else repr(before)
+    dropped, more = tally.run(client, DEAD_TRIM, [_key(dead_list), _key(record)], [keep, cutoff, note, most])
+    return int(dropped), bool(more)
+
+
+def _num(value: Any) -> float | None:
+    text = _text(value) if isinstance(value, bytes | str) else ""
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None

@@ -109,6 +109,22 @@ METRICS: dict[str, Def] = {
         "gauge", "Age of the next message to be consumed, when its publisher stamped one", ("queue_name",), True
     ),
     "janitor_unacked_messages": Def("gauge", "Delivered, unacknowledged messages by state", ("state",), True),
+    "janitor_unacked_messages_by_queue": Def(
+        "gauge", "Delivered, unacknowledged messages by queue (routing key) and state", ("queue_name", "state"), True
+    ),
+    "janitor_queue_backlog": Def(
+        "gauge", "Messages waiting plus delivered-unacked in a queue (what an autoscaler needs)", ("queue_name",), True
+    ),
+    "janitor_queue_head_wait_seconds": Def(
+        "gauge",
+        "How long the next message of a queue has been its next, across broker checks (a lower bound)",
+        ("queue_name",),
+        True,
+    ),
+    "janitor_dead_letters": Def("gauge", "Messages held in janitor.dead.<queue>", ("queue",), True),
+    "janitor_dead_letters_trimmed_total": Def(
+        "counter", "Dead letters dropped past JANITOR_DEAD_MAX or JANITOR_DEAD_MAX_AGE", ("queue",)
+    ),
     "janitor_unacked_oldest_age_seconds": Def("gauge", "Age of the oldest delivery in unacked_index", seen=True),
     "janitor_stuck_messages": Def(
         "gauge",
@@ -320,6 +336,20 @@ def _broker_families(report: BrokerReport) -> Iterable[Metric]:
     for state in STATES:
         unacked.add_metric([state], report.by_state[state])
     yield unacked
+    by_queue = family("janitor_unacked_messages_by_queue")
+    for (queue, state), n in sorted(report.unacked_by_queue.items()):
+        by_queue.add_metric([queue, state], n)
+    yield by_queue
+    backlog, head_wait, dead = (
+        family(n) for n in ("janitor_queue_backlog", "janitor_queue_head_wait_seconds", "janitor_dead_letters")
+    )
+    for q in report.queues:
+        backlog.add_metric([q.name], report.backlog(q))
+        if q.name in report.head_wait_s:
+            head_wait.add_metric([q.name], report.head_wait_s[q.name])
+    for queue, n in sorted(report.dead_letters.items()):
+        dead.add_metric([queue], n)
+    yield from (backlog, head_wait, dead)
     yield family("janitor_unacked_oldest_age_seconds", report.oldest_unacked_age_s or 0.0)
     stuck = family("janitor_stuck_messages")
     for name, n in top_task_names(report.stuck, STUCK_TASK_NAMES_CAP).items():

@@ -298,6 +298,54 @@ def test_configmap_settings_are_real_and_valid() -> None:
     assert settings.metrics_port == 9810
 
 
+# --- KEDA: the example ScaledObject on janitor_queue_backlog ---------------------------
+
+KEDA = DEPLOY / "kubernetes" / "keda"
+
+
+def keda_validator() -> Any:
+    import jsonschema
+
+    schema = json.loads((KEDA / "keda.sh_scaledobjects.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_keda_scaledobject_matches_the_crd_schema() -> None:
+    """The example is a valid ScaledObject, scales the worker Deployment on a metric the janitor exports."""
+    from janitor.service.metrics import METRICS
+
+    (obj,) = list(yaml.safe_load_all((KEDA / "scaledobject.yaml").read_text()))
+    errors = [e.message for e in keda_validator().iter_errors(obj)]
+    assert errors == []
+    (trigger,) = obj["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    query = trigger["metadata"]["query"]
+    assert set(re.findall(r"\b(janitor_\w+|celery_\w+)\b", query)) == {"janitor_queue_backlog"}
+    assert METRICS["janitor_queue_backlog"].labels == ("queue_name",)
+    assert obj["spec"]["scaleTargetRef"]["name"] == "celery-worker"
+
+
+def test_keda_schema_rejects_what_the_crd_rejects() -> None:
+    """The schema kept in the repository bites: a trigger without metadata, a number as a metadata value,
+    an unknown field and an unknown metricType are each refused."""
+    (obj,) = list(yaml.safe_load_all((KEDA / "scaledobject.yaml").read_text()))
+    validator = keda_validator()
+    broken = [
+        {**obj, "spec": {**obj["spec"], "triggers": [{"type": "prometheus"}]}},
+        {**obj, "spec": {**obj["spec"], "triggers": [{"type": "prometheus", "metadata": {"threshold": 20}}]}},
+        {**obj, "spec": {**obj["spec"], "maxReplicas": 3}},
+        {**obj, "spec": {**obj["spec"], "triggers": [{**obj["spec"]["triggers"][0], "metricType": "Average"}]}},
+    ]
+    assert [bool(list(validator.iter_errors(b))) for b in broken] == [True] * len(broken)
+
+
+def test_keda_is_in_no_kustomization() -> None:
+    """KEDA may not be installed: no kustomization pulls the ScaledObject in."""
+    for path in (DEPLOY / "kubernetes").rglob("kustomization.yaml"):
+        assert "keda" not in path.read_text(), path
+
+
 # --- The release workflow and the image deploy/ names ---------------------------------
 
 WORKFLOWS = ROOT / ".github" / "workflows"

@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 
 from janitor.config import Settings
-from janitor.operations import broker
+from janitor.operations import broker, dead_letters, queues
 from janitor.redis_io import scripts
 from janitor.reports import findings
 from janitor.service.jobs.base import Context, Job, Outcome
@@ -24,6 +24,7 @@ class BrokerJob(Job):
         self.catalog = broker.QueueCatalog(every=settings.census_interval)
         self.sightings = broker.Sightings(min_gap=settings.broker_interval / 2)
         self.warned: set[str] = set()  # tasks already logged as running past the visibility timeout
+        self.heads = queues.HeadWatch()
 
     def first_run(self, settings: Settings) -> float:
         return min(self.interval(settings), 5.0)
@@ -47,6 +48,7 @@ class BrokerJob(Job):
             )
             confirmed = self.sightings.confirm(report)
             restored = broker.auto_restore(ctx.broker, ctx.settings, report, confirmed=confirmed, tally=tally)
+            trimmed = self._dead_letters(ctx, report, tally, now)
         finally:
             ctx.metrics.add_commands(tally.commands)
         if ctx.lease.held():
@@ -61,10 +63,27 @@ class BrokerJob(Job):
             "stuck": len(report.stuck),
             "workers_alive": len(workers.alive),
         }
+        for queue, n in trimmed.items():
+            ctx.metrics.counter("janitor_dead_letters_trimmed_total").labels(queue=queue).inc(n)
+        if trimmed:
+            fields["dead_letters_trimmed"] = trimmed
         if restored is not None:
             ctx.metrics.restored(restored)
             fields["restore"] = restored.as_dict()
         return Outcome(fields)
+
+    def _dead_letters(
+        self, ctx: Context, report: broker.BrokerReport, tally: scripts.Tally, now: float
+    ) -> dict[str, int]:
+        """Trim the dead-letter lists (leader only, never in a dry run); their lengths and each queue's
+        head wait go into the report."""
+        names = [q.name for q in report.queues]
+        trimmed = {}
+        if ctx.lease.held() and not ctx.settings.dry_run:
+            trimmed = dead_letters.trim(ctx.broker, ctx.settings, queues=names, now=now, tally=tally)
+        report.dead_letters = queues.dead_lengths(ctx.broker, ctx.settings, names, tally)
+        report.head_wait_s = self.heads.observe(report)
+        return trimmed
 
     def _warn_overdue(self, report: broker.BrokerReport) -> None:
         """One log line per task found running past the visibility timeout (kombu will redeliver it)."""
