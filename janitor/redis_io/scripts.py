@@ -375,7 +375,10 @@ class SublistDepth:
 def queue_depth(tally: Tally, client: redis.Redis, *, lists: Sequence[Key]) -> list[SublistDepth]:
     """Length of each of a queue's priority ``lists``, and the timestamp of its next message."""
     rows = tally.run(client, QUEUE_DEPTH, [_key(k) for k in lists], [])
-    return [SublistDepth(int(n), float(stamp) if stamp else None) for n, stamp in rows]
+    return [
+        SublistDepth(int(n), float(row[0]) if row[0] else None, _text(row[1]) if len(row) > 1 and row[1] else "")
+        for n, *row in rows
+    ]
 
 
 class Outcome(enum.StrEnum):
