@@ -98,6 +98,12 @@ class Settings(BaseModel):
     unacked_key: str = "unacked"
     unacked_index_key: str = "unacked_index"
     unacked_mutex_key: str = "unacked_mutex"
+    # The guards (janitor.operations.guards) raise unacked_index scores so kombu's own restore
+    # waits: held ETA messages until eta + eta_guard_grace, running tasks while their worker lives.
+    eta_guard: bool = False
+    eta_guard_grace: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    running_guard: bool = False
+    guard_interval: Annotated[float, Field(gt=0, le=86400)] = 30.0
     unacked_mutex_expire: Seconds = 300
     unacked_page: Annotated[int, Field(ge=10, le=5000)] = 500  # Lua unpack() limit is ~8000
     restore_stuck: bool = False

@@ -3,7 +3,8 @@
 Configured from ``BROKER_APP_URL`` (and ``BROKER_APP_BACKEND`` for results kept
 elsewhere). Workers never restore by themselves during a test
 (``unacked_restore_interval`` of an hour), so whatever comes back to a queue was
-put there by the janitor.
+put there by the janitor; unless ``BROKER_APP_KOMBU_RESTORE`` sets it shorter, for
+the tests of what kombu's own restore does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ URL = os.environ.get("BROKER_APP_URL", "redis://127.0.0.1:6379/0")
 BACKEND = os.environ.get("BROKER_APP_BACKEND", URL)  # results on another database or server
 VISIBILITY_TIMEOUT = int(os.environ.get("BROKER_APP_VT", "3"))
 RELEASE_KEY = "test:release"
+# Seconds between the workers' own restore_visible sweeps (kombu's, every poll when set): what the guard
+# tests need on, to show kombu redelivering. An hour by default: off for the length of a test.
+KOMBU_RESTORE_EVERY = int(os.environ.get("BROKER_APP_KOMBU_RESTORE", "3600"))
 
 app = Celery("broker_app", broker=URL, backend=BACKEND)
 app.conf.update(
@@ -28,7 +32,12 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     result_expires=None,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, "unacked_restore_interval": 3600},
+    broker_transport_options={
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": KOMBU_RESTORE_EVERY,
+        # kombu's default (10) unless a test turns its restore on: then every sweep scans.
+        "unacked_restore_throttle": 1 if "BROKER_APP_KOMBU_RESTORE" in os.environ else 10,
+    },
     worker_hijack_root_logger=False,
 )
 

@@ -89,6 +89,8 @@ class BrokerReport:
     queues: list[QueueDepth] = field(default_factory=list)
     unacked_total: int = 0
     by_state: collections.Counter[str] = field(default_factory=collections.Counter)
+    # states 'held' and 'running': what the ETA and running-task guards re-score
+    guardable: list[UnackedMessage] = field(default_factory=list)
     oldest_unacked_age_s: float | None = None
     # state 'stuck' (past the visibility timeout) or 'expired' (past it and past `expires`)
     stuck: list[UnackedMessage] = field(default_factory=list)
@@ -291,11 +293,13 @@ def detect(
     tally: scripts.Tally | None = None,
     catalog: QueueCatalog | None = None,
     results: redis.Redis | None = None,
+    unacked_only: bool = False,
 ) -> BrokerReport:
     """One read-only pass over the unacked set, the queues and the reply bindings.
 
     ``results``: the result backend's Redis, when it is not the broker's (STARTED results
-    are read there, to tell a running task from a stuck one).
+    are read there, to tell a running task from a stuck one). ``unacked_only``: the
+    ``unacked_index`` walk alone (the guards), no orphan, queue or reply reads.
     """
     started = time.monotonic()
     keys = BrokerKeys.of(settings)
@@ -318,6 +322,9 @@ def detect(
         knows_the_dead = workers.knows_the_dead(now)
         for msg in messages:
             _judge_started(msg, hosts.get(msg.task_id, ""), alive, knows_the_dead, report)
+    if unacked_only:
+        report.duration_s = time.monotonic() - started
+        return report
     _hash_orphans(client, keys, settings, report)
     names = (catalog or QueueCatalog(every=0)).get(client, settings, keys, report)
     report.queues = _queue_depths(client, keys, report, names)
@@ -429,6 +436,8 @@ def _settle(msg: UnackedMessage, report: BrokerReport) -> None:
         report.stuck.append(msg)
     elif msg.state == "running" and past_vt:
         report.overdue_running.append(msg)
+    if msg.state in {"held", "running"}:
+        report.guardable.append(msg)
 
 
 def _fields(row: bytes) -> dict[str, Any] | None:

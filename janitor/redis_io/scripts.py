@@ -425,6 +425,39 @@ def restore(
     return Restored(Outcome(outcome), int(n or 0))
 
 
+# -- the ETA and running-task guards -------------------------------------------------------
+RESCORE = Script.packaged("rescore")
+
+
+class Rescored(enum.StrEnum):
+    """What RESCORE did with one message."""
+
+    RAISED = "raised"  # its score is now the new one
+    GONE = "gone"  # acked or restored since it was read
+    CHANGED = "changed"  # another copy of the entry, or another score, since it was read
+    LOWER = "lower"  # already scored at least that high: never lowered
+
+
+def rescore(
+    tally: Tally,
+    client: redis.Redis,
+    *,
+    unacked: Key,
+    index: Key,
+    mutex: Key,
+    tag: str,
+    mutex_token: str,
+    entry: bytes,
+    read_score: float,
+    new_score: float,
+) -> Rescored:
+    """Raise ``tag``'s ``index`` score to ``new_score`` if its hash ``entry`` and score are still as read;
+    refused (``FENCED``) unless ``mutex`` holds ``mutex_token``."""
+    keys = [_key(k) for k in (unacked, index, mutex)]
+    reply = tally.run(client, RESCORE, keys, [tag, mutex_token, sha1(entry), repr(read_score), repr(new_score)])
+    return Rescored(_text(reply))
+
+
 def _key(key: Key) -> bytes:
     return key if isinstance(key, bytes) else key.encode()
 

@@ -454,7 +454,8 @@ def eta_beyond_visibility(i: Inputs) -> list[Finding]:
             f"raise `broker_transport_options = {{'visibility_timeout': {_next_hour(b.max_eta_delay_s) + 3600}}}` "
             "above "
             "your longest countdown/ETA (and JANITOR_VISIBILITY_TIMEOUT to match), or schedule far-future work "
-            "with beat instead of an ETA",
+            "with beat instead of an ETA, or run `celery-janitor run` with JANITOR_ETA_GUARD=true: it re-scores "
+            "held ETA messages so kombu restores none before its ETA",
         )
     ]
 
@@ -500,7 +501,9 @@ def running_overdue(i: Inputs) -> list[Finding]:
             f"{first.worker}, longer than visibility_timeout {duration(b.visibility_timeout)}: kombu will redeliver "
             "it to another worker while this one still runs it" + (f" ({more:,} more like it)" if more else ""),
             "raise `broker_transport_options = {'visibility_timeout': ...}` above your longest task (and "
-            "JANITOR_VISIBILITY_TIMEOUT to match); the janitor itself never restores a task whose worker is alive",
+            "JANITOR_VISIBILITY_TIMEOUT to match), or run `celery-janitor run` with JANITOR_RUNNING_GUARD=true: it "
+            "keeps running tasks' scores fresh while their worker lives; the janitor itself never restores a task "
+            "whose worker is alive",
         )
     ]
 

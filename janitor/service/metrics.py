@@ -84,6 +84,11 @@ METRICS: dict[str, Def] = {
     "janitor_lease_acquisitions_total": Def("counter", "Times this instance acquired the sweep lease."),
     "janitor_dry_run": Def("gauge", "1 when the janitor writes nothing (JANITOR_DRY_RUN)."),
     "janitor_build_info": Def("gauge", "Always 1; the version as a label.", ("version",)),
+    # The guards raise unacked_index scores so kombu's own restore waits (eta: held ETA messages; running).
+    "janitor_rescored_total": Def("counter", "unacked_index scores raised by a guard", ("guard",)),
+    "janitor_rescore_skipped_total": Def(
+        "counter", "Re-scores a guard left undone: gone, changed, lower, mutex_held, fenced", ("guard", "reason")
+    ),
     # Restores move messages: counted as they happen, by queue.
     "janitor_restored_total": Def("counter", "Stuck messages pushed back to their queue", ("queue",)),
     "janitor_dead_lettered_total": Def("counter", "Messages moved to janitor.dead.<queue>", ("queue",)),

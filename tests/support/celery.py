@@ -44,10 +44,21 @@ def deliver_without_ack(url: str, count: int, queue: str = "celery", **transport
 
 @contextlib.contextmanager
 def celery_worker(
-    url: str, name: str, *, pool: str = "threads", concurrency: int = 4, backend: str = ""
+    url: str,
+    name: str,
+    *,
+    pool: str = "threads",
+    concurrency: int = 4,
+    backend: str = "",
+    kombu_restore_every: int | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``celery worker`` subprocess in its own process group; killed on exit."""
+    """A real ``celery worker`` subprocess in its own process group; killed on exit.
+
+    ``kombu_restore_every``: seconds between kombu's own restore sweeps in the worker (default: none
+    during a test)."""
     env = os.environ | {"BROKER_APP_URL": url, "BROKER_APP_BACKEND": backend or url, "BROKER_APP_VT": "3"}
+    if kombu_restore_every is not None:
+        env["BROKER_APP_KOMBU_RESTORE"] = str(kombu_restore_every)
     args = [sys.executable, "-m", "celery", "-A", "tests.broker_app", "worker", "-P", pool, "-c", str(concurrency)]
     args += ["-n", name, "--without-mingle", "--without-gossip", "-l", "warning"]
     proc = subprocess.Popen(
