@@ -24,7 +24,9 @@ def header(path: Path) -> tuple[list[str], str]:
 
 
 def test_the_scripts_are_found() -> None:
-    assert len(list(LUA.glob("*.lua"))) == 11
+    """The package data is where the loader looks: every script constant's file, no fewer (the count
+    itself is held by test_each_script_file_is_loaded_once)."""
+    assert len(list(LUA.glob("*.lua"))) >= 11
 
 
 @pytest.mark.parametrize("path", LUA_SOURCES, ids=lambda p: p.name)
