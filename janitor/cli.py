@@ -365,7 +365,8 @@ def _queues_text(seen: Any) -> list[str]:
         lines.append(f"{name}: {sum(v.waiting for v in views):,} waiting")
         for v in views:
             more = " (tally of the head only)" if v.truncated else ""
-            lines.append(f"  priority {v.priority} ({v.key}): {v.waiting:,}{more}")
+            # kombu's separator is control characters: shown escaped, as in a Python string
+            lines.append(f"  priority {v.priority} ({repr(v.key)[1:-1]}): {v.waiting:,}{more}")
             for t in v.tasks:
                 ages = ""
                 if t.oldest_age_s is not None and t.newest_age_s is not None:

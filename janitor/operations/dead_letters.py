@@ -135,9 +135,7 @@ def move(
     Oldest first, at most ``limit`` per queue. Dry: the same script in counting mode, read-only.
     """
     keys = BrokerKeys.of(settings)
-    run_tally = scripts.ReadOnlyTally() if dry_run else scripts.Tally()
-    if tally is not None:
-        run_tally.commands = tally.commands
+    run_tally = runner(tally, dry_run=dry_run)
     out = MoveReport(action.value, dry_run, tally=run_tally)
     mode = scripts.Move.COUNT if dry_run else action
     tombstone = f"celery-janitor:tombstone:{uuid.uuid4().hex}"
@@ -208,3 +206,12 @@ def _number(text: str) -> bool:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def runner(tally: scripts.Tally | None, *, dry_run: bool) -> scripts.Tally:
+    """``tally`` (counting into it); for a dry run always an EVALSHA_RO one, so Redis refuses any write."""
+    if not dry_run:
+        return tally or scripts.Tally()
+    if isinstance(tally, scripts.ReadOnlyTally):
+        return tally
+    return scripts.ReadOnlyTally(commands=(tally or scripts.Tally()).commands)

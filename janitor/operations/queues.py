@@ -191,9 +191,7 @@ def purge(
     script as EVALSHA_RO in its counting mode, so Redis itself refuses any write.
     """
     keys = BrokerKeys.of(settings)
-    run_tally = scripts.ReadOnlyTally() if dry_run else scripts.Tally()
-    if tally is not None:
-        run_tally.commands = tally.commands
+    run_tally = dead_letters.runner(tally, dry_run=dry_run)
     out = PurgeReport(queue, dry_run, tally=run_tally)
     mode = scripts.Move.COUNT if dry_run else scripts.Move.PURGE
     cutoff = None if older_than is None else now - older_than

@@ -185,6 +185,14 @@ class TestPurge:
         assert client.hlen(dead_letters.record_key(keys, q)) == 0
 
 
+class Unhurried(scripts.Tally):
+    """Pauses before each script call, so the worker pops messages between the purge's pages."""
+
+    def run(self, client: redis.Redis, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
+        time.sleep(0.05)
+        return super().run(client, script, keys, args)
+
+
 class TestWithWorkers:
     """A real worker consumes while the janitor purges and replays: every message runs once or is dead."""
 
@@ -195,7 +203,7 @@ class TestWithWorkers:
         keys = broker.BrokerKeys.of(settings)
         with celery_worker(server.url, "race@%h", concurrency=4):
             wait_for(lambda: len(client.keys("test:done:*")) >= 20, timeout=60)
-            done = queues.purge(client, settings, queue="celery", now=time.time(), dry_run=False)
+            done = queues.purge(client, settings, queue="celery", now=time.time(), dry_run=False, tally=Unhurried())
             wait_for(lambda: client.llen("celery") == 0 and client.hlen("unacked") == 0, timeout=120)
             time.sleep(1)
         executed = executions(client)
