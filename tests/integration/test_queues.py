@@ -269,6 +269,30 @@ class TestConfirmation:
         assert json.loads(yes.stdout.splitlines()[-1])["moved"] == 3
         assert client.llen(f"janitor.dead.{q}") == 3
 
+    def test_terminal_asks_and_shows_what_will_move(self, client: redis.Redis, server: embedded.Server) -> None:
+        """On a terminal, purge shows what would move and moves nothing unless the answer is yes."""
+        q = fresh("ask")
+        publish(server.url, q, [("app.a", 0, 2), ("app.b", 0, 1)])
+        for answer, code, left in ((b"n\n", 1, 3), (b"y\n", 0, 0)):
+            primary, secondary = os.openpty()
+            with os.fdopen(primary, "wb", buffering=0) as typed:
+                typed.write(answer)
+                done = subprocess.run(
+                    [sys.executable, "-m", "janitor", "purge", "--queue", q],
+                    cwd=ROOT,
+                    env=os.environ | {"JANITOR_REDIS_URL": server.url},
+                    stdin=secondary,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+            os.close(secondary)
+            assert done.returncode == code, done.stderr
+            assert "would be moved to janitor.dead." in done.stdout
+            assert "app.a" in done.stdout
+            assert client.llen(q) == left
+
 
 # -- backlog and head wait -----------------------------------------------------
 class TestAutoscalerFigures:
