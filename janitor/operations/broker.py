@@ -124,15 +124,7 @@ class BrokerReport:
         return {
             "visibility_timeout": self.visibility_timeout,
             "queues": [
-                {
-                    "name": q.name,
-                    "total": q.total,
-                    "by_priority": q.by_priority,
-                    "oldest_age_s": q.oldest_age_s,
-                    "backlog": self.backlog(q),
-                    "head_wait_s": _round(self.head_wait_s.get(q.name)),
-                    "dead_letters": self.dead_letters.get(q.name, 0),
-                }
+                {"name": q.name, "total": q.total, "by_priority": q.by_priority, "oldest_age_s": q.oldest_age_s}
                 for q in self.queues
             ],
             "unacked_total": self.unacked_total,
