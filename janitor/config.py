@@ -90,6 +90,15 @@ class Settings(BaseModel):
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9810
     shutdown_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
     lease_ttl: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # Abandoned STARTED results (janitor.operations.reap): rewritten to FAILURE (WorkerLostError) once
+    # their worker has been silent reap_after seconds and their message is not in unacked.
+    reap_abandoned: bool = False
+    reap_after: Annotated[float, Field(ge=1, le=7 * 86400)] = 300.0
+    reap_interval: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    # RedBeat (janitor.operations.beat): its key prefix (redbeat_key_prefix) and how late an entry whose
+    # interval its definition does not state (crontab, rrule, solar) may be before beat counts as stopped.
+    redbeat_prefix: str = "redbeat:"
+    beat_overdue_after: Annotated[float, Field(gt=0, le=30 * 86400)] = 300.0
     # broker: must match the workers' broker_transport_options (kombu's defaults shown)
     visibility_timeout: Seconds = 3600
     queues: str = ""  # comma-separated queue names, added to those found in _kombu.binding.*

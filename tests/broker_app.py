@@ -56,6 +56,16 @@ def hold(self: Any) -> str:
     return "done"
 
 
+@app.task(bind=True, name="broker_app.hold_early", acks_late=False)
+def hold_early(self: Any) -> str:
+    """:func:`hold`, acked when it starts: once it runs, no message of it is left in ``unacked``."""
+    client = _redis()
+    while not client.exists(RELEASE_KEY):
+        time.sleep(0.05)
+    client.incr(f"test:done:{self.request.id}")
+    return "done"
+
+
 @app.task(name="broker_app.poison")
 def poison() -> None:
     """Kill the whole worker process: what a segfaulting C extension or the OOM killer does."""

@@ -485,6 +485,32 @@ def _started_on(
     return hosts
 
 
+def unacked_task_ids(client: redis.Redis, settings: Settings, *, tally: scripts.Tally) -> tuple[set[str], bool]:
+    """The task ids of every ``unacked`` entry (indexed or not), read in bounded pages; and whether
+    the walk saw them all (False past ``MAX_WALK``: the caller cannot tell what is absent)."""
+    keys = BrokerKeys.of(settings)
+    reader = tally if isinstance(tally, scripts.ReadOnlyTally) else scripts.ReadOnlyTally(commands=tally.commands)
+    report = BrokerReport(now=0.0, visibility_timeout=settings.visibility_timeout, tally=reader)
+    pages = [[t for t, _ in page] for page in _index_pages(client, keys.index, settings.unacked_page, report)]
+    cursor = b"0"
+    while True:
+        orphans = scripts.hash_orphans(
+            reader, client, unacked=keys.unacked, index=keys.index, cursor=cursor, count=settings.unacked_page
+        )
+        if orphans.orphans:
+            pages.append([_text(t) for t in orphans.orphans])
+        cursor = orphans.cursor
+        if orphans.last:
+            break
+    ids: set[str] = set()
+    for tags in pages:
+        for row in scripts.summary(reader, client, unacked=keys.unacked, tags=tags):
+            fields = None if row.fields is None else _fields(row.fields)
+            if fields is not None and _str(fields.get("id")):
+                ids.add(_str(fields.get("id")))
+    return ids, not report.truncated
+
+
 def _hash_orphans(client: redis.Redis, keys: BrokerKeys, settings: Settings, report: BrokerReport) -> None:
     """Count ``unacked`` entries with no ``unacked_index`` entry (kombu never restores those)."""
     cursor = b"0"

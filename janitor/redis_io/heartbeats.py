@@ -43,10 +43,16 @@ def channel_pattern(settings: Settings, url_db: int) -> str:
     return f"{settings.broker_key_prefix}/{db}.celeryev/worker.*"
 
 
-@dataclass(slots=True)
-class _Seen:
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One worker as its last heartbeat described it (``active``: tasks running, when the event says)."""
+
     last_seen: float
     freq: float
+    active: int | None = None
+
+    def alive(self, now: float) -> bool:
+        return now < self.last_seen + 2 * self.freq
 
 
 def parse_event(data: bytes) -> dict[str, Any] | None:
@@ -73,7 +79,7 @@ class WorkerTracker:
         self.min_listen_s = min_listen_s
         self.retry_s = retry_s  # first back-off after a failure; doubles up to 30 s
         self._clock = clock
-        self._seen: dict[str, _Seen] = {}
+        self._seen: dict[str, Seen] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,7 +113,12 @@ class WorkerTracker:
         """``{hostname: last_seen}`` for workers whose last heartbeat is under 2 x freq old."""
         now = self._clock() if now is None else now
         with self._lock:
-            return {h: s.last_seen for h, s in self._seen.items() if now < s.last_seen + 2 * s.freq}
+            return {h: s.last_seen for h, s in self._seen.items() if s.alive(now)}
+
+    def workers(self) -> dict[str, Seen]:
+        """Every worker heard (and not forgotten), alive or not, as last heard."""
+        with self._lock:
+            return dict(self._seen)
 
     def listened_for(self, now: float | None = None) -> float:
         """Seconds of uninterrupted subscription (0 after a reconnect: we may have missed beats)."""
@@ -140,7 +151,9 @@ class WorkerTracker:
                 return
             freq = event.get("freq")
             freq = float(freq) if isinstance(freq, int | float) and 0 < freq < 86400 else DEFAULT_FREQ
-            self._seen[host] = _Seen(received, freq)
+            active = event.get("active")
+            active = active if isinstance(active, int) and not isinstance(active, bool) and active >= 0 else None
+            self._seen[host] = Seen(received, freq, active)
             if self.events % 1000 == 0:  # forget workers silent for an hour (autoscaled names come and go)
                 self._seen = {h: s for h, s in self._seen.items() if received < s.last_seen + 2 * s.freq + 3600}
         self.events += 1

@@ -296,6 +296,77 @@ def act(tally: Tally, client: redis.Redis, *, fence: bytes, token: str, writes: 
     return [bool(ok) for ok in tally.run(client, ACT, [fence, *(w.key for w in writes)], args)]
 
 
+# -- abandoned STARTED results -------------------------------------------------------------
+STARTED = Script.packaged("started")
+REAP = Script.packaged("reap")
+
+
+@dataclass(frozen=True, slots=True)
+class StartedPage:
+    """One STARTED page: the next cursor, how many keys it scanned, and the values that may be STARTED."""
+
+    cursor: bytes
+    scanned: int
+    too_large: int  # values whose head says STARTED, over max_bytes: never read
+    values: list[tuple[bytes, bytes]]  # (key, value)
+
+    @property
+    def last(self) -> bool:
+        return self.cursor == b"0"
+
+
+def started(
+    tally: Tally, client: redis.Redis, *, cursor: bytes, match: str, count: int, max_bytes: int, head: int = 64
+) -> StartedPage:
+    """One SCAN page (``cursor``, ``match``, ``count``) of string keys, with the values whose first
+    ``head`` bytes hold ``STARTED`` and that are at most ``max_bytes`` long."""
+    reply = tally.run(client, STARTED, [], [cursor, match, count, max_bytes, head])
+    rest = reply[3:]
+    return StartedPage(_key(reply[0]), int(reply[1]), int(reply[2]), list(zip(rest[::2], rest[1::2], strict=True)))
+
+
+def reap(
+    tally: Tally, client: redis.Redis, *, fence: bytes, token: str, key: bytes, read: bytes, value: bytes, ttl_ms: int
+) -> bool:
+    """Write ``value`` to ``key`` for ``ttl_ms`` and PUBLISH it on ``key``, if ``key`` still holds
+    exactly ``read``; False when it changed (left alone). Refused (``FENCED``) unless ``fence`` holds ``token``."""
+    args = [token, len(read), sha1(read), value, ttl_ms]
+    return bool(tally.run(client, REAP, [fence, key], args))
+
+
+# -- RedBeat ---------------------------------------------------------------------------------
+REDBEAT_DUE = Script.packaged("redbeat_due")
+
+
+@dataclass(frozen=True, slots=True)
+class DueEntry:
+    """One due RedBeat entry: its key, when it was due, its interval (None: not an interval schedule)."""
+
+    key: bytes
+    due_at: float
+    every: float | None
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BeatSchedule:
+    entries: int  # in the schedule zset
+    due: list[DueEntry]  # the oldest due first, at most the limit asked for
+
+
+def redbeat_due(
+    tally: Tally, client: redis.Redis, *, schedule: Key, now: float, limit: int, max_bytes: int
+) -> BeatSchedule:
+    """The entries of RedBeat's ``schedule`` due by ``now`` (``limit`` at most), with their intervals."""
+    reply = tally.run(client, REDBEAT_DUE, [_key(schedule)], [repr(now), limit, max_bytes])
+    rows = reply[1:]
+    due = [
+        DueEntry(_key(k), float(s), None if float(e) < 0 else float(e), bool(int(on)))
+        for k, s, e, on in zip(rows[::4], rows[1::4], rows[2::4], rows[3::4], strict=True)
+    ]
+    return BeatSchedule(int(reply[0]), due)
+
+
 # -- the lease -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Acquired:

@@ -17,6 +17,7 @@ from janitor.operations.census import BEAT, RPC_REPLY, Census
 from janitor.reports.text import duration, size
 
 if TYPE_CHECKING:
+    from janitor.operations.beat import BeatReport
     from janitor.operations.broker import BrokerReport
 
 Severity = Literal["info", "warning", "error"]
@@ -92,6 +93,7 @@ class Inputs:
     workers: Workers | None = None
     visibility_timeout: int = 3600
     tls_verifies: bool | None = None
+    redbeat: BeatReport | None = None
 
 
 def evaluate(inputs: Inputs) -> list[Finding]:
@@ -402,6 +404,24 @@ def beat(i: Inputs) -> list[Finding]:
     ]
 
 
+def beat_not_scheduling(i: Inputs) -> list[Finding]:
+    b = i.redbeat
+    if b is None or not b.present or not b.overdue:
+        return []
+    more = "at least " if b.truncated else ""
+    return [
+        Finding(
+            "error",
+            "beat_not_scheduling",
+            f"beat is not scheduling: {more}{b.overdue:,} entries overdue",
+            f"{more}{b.overdue:,} of {b.entries:,} RedBeat entries are late by more than their interval (or by "
+            f"JANITOR_BEAT_OVERDUE_AFTER when it is not stated), the latest by {duration(b.most_late_s)}",
+            "check that one `celery beat -S redbeat.RedBeatScheduler` runs against this Redis and holds its lock "
+            "(RedBeat's <prefix>:lock key); if RedBeat uses another key prefix, set JANITOR_REDBEAT_PREFIX to it",
+        )
+    ]
+
+
 # -- broker and workers -------------------------------------------------------------
 def broker_unavailable(i: Inputs) -> list[Finding]:
     if i.broker is not None or not i.broker_error:
@@ -589,6 +609,7 @@ CHECKS: tuple[Callable[[Inputs], list[Finding]], ...] = (
     pidbox_replies,
     rpc_replies,
     beat,
+    beat_not_scheduling,
     broker_unavailable,
     no_workers,
     eta_beyond_visibility,

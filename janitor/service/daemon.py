@@ -31,7 +31,7 @@ from janitor.errors import Exit
 from janitor.redis_io import cluster, connection
 from janitor.redis_io.heartbeats import WorkerTracker
 from janitor.redis_io.lease import Change, Keeper, Lease
-from janitor.service import http, scheduler
+from janitor.service import http, probes, scheduler
 from janitor.service import jobs as all_jobs
 from janitor.service.health import RedisHealth
 from janitor.service.jobs import Context, Job
@@ -135,7 +135,11 @@ class Daemon:
     def start(self) -> None:
         s = self.settings
         self._http, http_thread = http.serve(
-            http.make_app(self.metrics.registry, self.readiness, self.book.page), s.metrics_host, s.metrics_port
+            http.make_app(
+                self.metrics.registry, self.readiness, self.book.page, probes.Probes(s, self.workers).answer
+            ),
+            s.metrics_host,
+            s.metrics_port,
         )
         # Heartbeats are pub/sub: listening from the start is what lets the
         # broker check tell a dead worker from one we have not heard yet.

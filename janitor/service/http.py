@@ -1,4 +1,4 @@
-"""HTTP: ``/metrics``, ``/livez``, ``/readyz``; every other path is a 404.
+"""HTTP: ``/metrics``, ``/livez``, ``/readyz``, the worker probes under ``/workers``; every other path is a 404.
 
 prometheus_client's own WSGI app answers on any path, so a small dispatcher
 sits in front of it. Served by wsgiref in daemon threads: a scrape never
@@ -21,9 +21,13 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 # environ -> (status line, headers, body); None when the page is turned off.
 StatusPage = Callable[[dict[str, Any]], tuple[str, list[tuple[str, str]], bytes]]
+# environ -> the answer under /workers (janitor.service.probes), or None for a path that is not a probe's.
+WorkerProbes = Callable[[dict[str, Any]], tuple[str, list[tuple[str, str]], bytes] | None]
 
 
-def make_app(registry: CollectorRegistry, ready: Readiness, status: StatusPage | None = None) -> WSGIApp:
+def make_app(
+    registry: CollectorRegistry, ready: Readiness, status: StatusPage | None = None, probes: WorkerProbes | None = None
+) -> WSGIApp:
     """The dispatcher. ``/livez`` never touches Redis: a Redis outage must not get the pod restarted.
 
     ``/`` is the human status page when ``status`` is given; it only reads
@@ -44,6 +48,11 @@ def make_app(registry: CollectorRegistry, ready: Readiness, status: StatusPage |
             return _reply(start_response, "200 OK" if ok else "503 Service Unavailable", reason + "\n")
         if path == "/" and status is not None:
             line, headers, body = status(environ)
+            start_response(line, [*headers, ("Content-Length", str(len(body)))])
+            return [body]
+        probe = probes(environ) if probes is not None and path.startswith("/workers") else None
+        if probe is not None:
+            line, headers, body = probe
             start_response(line, [*headers, ("Content-Length", str(len(body)))])
             return [body]
         return _reply(start_response, "404 Not Found", "not found: try /metrics, /livez or /readyz\n")

@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from janitor import __version__
+from janitor.operations.beat import BeatReport
 from janitor.operations.broker import STATES, BrokerReport, RestoreReport, top_task_names
 from janitor.operations.census import Census
+from janitor.operations.reap import ReapReport
 from janitor.operations.sweep import SweepReport
 
 # Sweeps take milliseconds on an empty Redis and many minutes on a dirty one.
@@ -155,6 +157,16 @@ METRICS: dict[str, Def] = {
     "janitor_redis_expired_keys_total": Def("counter", "Keys Redis expired (INFO stats).", seen=True),
     "janitor_redis_db_keys": Def("gauge", "Keys per database (INFO keyspace).", ("db",), True),
     "janitor_redis_db_keys_expiring": Def("gauge", "Keys with a TTL per database (INFO keyspace).", ("db",), True),
+    # The reaper (JANITOR_REAP_ABANDONED): abandoned STARTED results rewritten to FAILURE.
+    "janitor_reaped_tasks_total": Def("counter", "Abandoned STARTED results rewritten to FAILURE (WorkerLostError)."),
+    "janitor_reap_skipped_total": Def(
+        "counter", "STARTED results the reaper left alone, by reason (alive, recent, in_unacked, ...).", ("reason",)
+    ),
+    # RedBeat's schedule (JANITOR_REDBEAT_PREFIX + ":schedule"), as the leader last saw it; 0 without RedBeat.
+    "janitor_beat_schedule_entries": Def("gauge", "Entries in RedBeat's schedule at the last check."),
+    "janitor_beat_overdue_entries": Def(
+        "gauge", "RedBeat entries late by more than their interval (or JANITOR_BEAT_OVERDUE_AFTER): beat has stopped."
+    ),
 }
 
 
@@ -207,6 +219,18 @@ class Metrics:
             self.counter("janitor_restored_total").labels(queue=queue).inc(n)
         for queue, n in report.dead_lettered.items():
             self.counter("janitor_dead_lettered_total").labels(queue=queue).inc(n)
+
+    def reaped(self, report: ReapReport) -> None:
+        if report.dry_run:
+            return
+        self.counter("janitor_reaped_tasks_total").inc(len(report.reaped))
+        for reason, n in report.skipped.items():
+            if n:
+                self.counter("janitor_reap_skipped_total").labels(reason=reason).inc(n)
+
+    def beat_seen(self, report: BeatReport) -> None:
+        self.gauge("janitor_beat_schedule_entries").set(report.entries)
+        self.gauge("janitor_beat_overdue_entries").set(report.overdue)
 
     def queues_seen(self, report: BrokerReport) -> None:
         """Restore counters exist at 0 for every queue from its first check, so increase() sees the first one."""

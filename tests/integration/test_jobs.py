@@ -46,7 +46,7 @@ class TestJobs:
             daemon.lease.release()
         get = registry.get_sample_value
         names = [job.name for job in daemon.jobs]
-        assert names == ["results", "redis_info", "census", "broker", "boom"]
+        assert names == ["results", "redis_info", "census", "broker", "redbeat", "boom"]
         for job in daemon.jobs:
             series, label = ("janitor_sweep", "sweep") if job.series == "sweep" else ("janitor_job", "job_name")
             assert get(f"{series}_duration_seconds_count", {label: job.name}) == 1, job.name
@@ -60,6 +60,7 @@ class TestJobs:
             ("job.finished", "redis_info"),
             ("job.finished", "census"),
             ("job.finished", "broker"),
+            ("job.finished", "redbeat"),
             ("job.failed", "boom"),
         ]
 

@@ -1,0 +1,35 @@
+"""RedBeat: how many schedule entries are overdue (``janitor.operations.beat``); read-only."""
+
+from __future__ import annotations
+
+import structlog
+
+from janitor.config import Settings
+from janitor.operations import beat
+from janitor.redis_io import scripts
+from janitor.reports import findings
+from janitor.service.jobs.base import Context, Job, Outcome
+
+log = structlog.get_logger("janitor.jobs.beat")
+
+
+class BeatJob(Job):
+    name = "redbeat"
+    interval_setting = "broker_interval"
+    quiet = True  # one cheap read as often as the broker check: a line only when beat has stopped
+
+    def on_results_server(self, settings: Settings) -> bool:
+        # RedBeat lives with the broker (redbeat_redis_url defaults to broker_url).
+        return not settings.broker_apart
+
+    def run(self, ctx: Context) -> Outcome:
+        tally = scripts.Tally()
+        try:
+            report = beat.check(ctx.broker, ctx.settings, now=ctx.clock(), tally=tally)
+        finally:
+            ctx.metrics.add_commands(tally.commands)
+        if ctx.lease.held():
+            ctx.metrics.beat_seen(report)
+        for f in findings.beat_not_scheduling(findings.Inputs(census=None, redbeat=report)):
+            log.warning("beat.not_scheduling", title=f.title, evidence=f.evidence, fix=f.fix)
+        return Outcome({"present": report.present, "entries": report.entries, "overdue": report.overdue})
