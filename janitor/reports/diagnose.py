@@ -21,7 +21,8 @@ from janitor import __version__, errors
 from janitor.config import Settings
 from janitor.dev.progress import Progress
 from janitor.errors import Exit
-from janitor.operations import broker, census
+from janitor.operations import beat, broker, census
+from janitor.operations.beat import BeatReport
 from janitor.operations.broker import BrokerReport
 from janitor.redis_io import connection, heartbeats, scripts
 from janitor.reports import findings
@@ -132,6 +133,7 @@ def collect(
     if tracker is not None:
         workers = Workers(tracker.alive(now), tracker.listened_for(now))
     report, broker_error = _broker(client, broker_client, settings, now, tracker)
+    redbeat = _redbeat(broker_client or client, settings, now) if report is not None else None
     found = findings.evaluate(
         findings.Inputs(
             census=seen,
@@ -139,6 +141,7 @@ def collect(
             broker=report,
             broker_error=broker_error,
             workers=workers,
+            redbeat=redbeat,
             visibility_timeout=settings.visibility_timeout,
             tls_verifies=conn.tls_verifies,
         )
@@ -234,6 +237,14 @@ def _broker(
         where = f"{settings.broker_url_source} {settings.masked_broker_url}"
         return None, f"broker checks unavailable: cannot reach the broker at {where} ({errors.classify(exc).message})"
     return report, ""
+
+
+def _redbeat(client: redis.Redis, settings: Settings, now: float) -> BeatReport | None:
+    """RedBeat's schedule, when there is one (read-only); None when Redis refuses the read."""
+    try:
+        return beat.check(client, settings, now=now, tally=scripts.ReadOnlyTally())
+    except redis.ResponseError:
+        return None
 
 
 def _text(value: bytes | str) -> str:

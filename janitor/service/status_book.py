@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from janitor.config import Settings
+from janitor.operations.beat import BeatReport
 from janitor.operations.broker import BrokerReport
 from janitor.operations.census import Census
 from janitor.operations.sweep import SweepReport
@@ -45,6 +46,7 @@ class StatusBook:
     census_at: dt.datetime | None = None
     broker: BrokerReport | None = None
     broker_at: dt.datetime | None = None
+    redbeat: BeatReport | None = None
     workers: findings.Workers | None = None
     info: Mapping[str, Any] | None = None
     info_at: dt.datetime | None = None
@@ -57,6 +59,10 @@ class StatusBook:
     def counted(self, census: Census) -> None:
         with self._lock:
             self.census, self.census_at = census, _now()
+
+    def checked_beat(self, report: BeatReport) -> None:
+        with self._lock:
+            self.redbeat = report
 
     def checked_broker(self, report: BrokerReport, workers: findings.Workers | None) -> None:
         with self._lock:
@@ -84,6 +90,7 @@ class StatusBook:
                     broker=self.broker,
                     broker_error="" if self.broker is not None else not_read,
                     workers=self.workers,
+                    redbeat=self.redbeat,
                     visibility_timeout=self.settings.visibility_timeout,
                     tls_verifies=tls_verifies(self.settings.redis_url),
                 )

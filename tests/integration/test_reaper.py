@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +25,7 @@ from janitor.operations import beat, reap
 from janitor.redis_io import scripts
 from janitor.redis_io.lease import Fence
 from janitor.reports import findings
+from janitor.service.status_book import StatusBook
 from tests import broker_app
 from tests.support import acl_audit, wait_for
 from tests.support.celery import celery_worker, janitor_settings, producer, sigkill, snapshot, status
@@ -184,6 +188,28 @@ class TestRedBeat:
         entry = RedBeatSchedulerEntry(name, "tasks.tick", kind, app=app)
         entry.save()
         entry.reschedule(last_run_at=then)
+
+    def test_diagnose_and_the_status_page_report_it(self, client: redis.Redis, server: embedded.Server) -> None:
+        """An overdue RedBeat schedule is a finding in `diagnose --json` and on the daemon's status page."""
+        from celery.schedules import schedule
+
+        app = self._app(server.url)
+        then = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        self._entry(app, "every-10s", schedule(dt.timedelta(seconds=10), nowfun=lambda: then), then)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JANITOR_") and k != "REDIS_URL"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "janitor", "diagnose", "--json", "--listen", "0"],
+            env=env | {"JANITOR_REDIS_URL": server.url},
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        codes = {f["code"] for f in json.loads(proc.stdout)["findings"]}
+        assert "beat_not_scheduling" in codes
+        book = StatusBook(janitor_settings(server.url))
+        book.checked_beat(beat.check(client, janitor_settings(server.url), now=time.time(), tally=scripts.Tally()))
+        assert "beat is not scheduling: 1 entries overdue" in book.page({})[2].decode()
 
     def test_absent_without_redbeat(self, client: redis.Redis, settings: config.Settings) -> None:
         seen = beat.check(client, settings, now=time.time(), tally=scripts.Tally())

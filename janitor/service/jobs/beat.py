@@ -30,6 +30,7 @@ class BeatJob(Job):
             ctx.metrics.add_commands(tally.commands)
         if ctx.lease.held():
             ctx.metrics.beat_seen(report)
+        ctx.book.checked_beat(report)
         for f in findings.beat_not_scheduling(findings.Inputs(census=None, redbeat=report)):
             log.warning("beat.not_scheduling", title=f.title, evidence=f.evidence, fix=f.fix)
         return Outcome({"present": report.present, "entries": report.entries, "overdue": report.overdue})
