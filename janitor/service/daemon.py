@@ -135,9 +135,7 @@ class Daemon:
     def start(self) -> None:
         s = self.settings
         self._http, http_thread = http.serve(
-            http.make_app(
-                self.metrics.registry, self.readiness, self.book.page, probes.Probes(s, self.workers).answer
-            ),
+            http.make_app(self.metrics.registry, self.readiness, self.book.page, probes.Probes(s, self.workers).answer),
             s.metrics_host,
             s.metrics_port,
         )
