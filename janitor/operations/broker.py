@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -624,31 +625,41 @@ def restore(
             f"{report.foreign_binding!r} is not routing_key{keys.sep!r}pattern{keys.sep!r}queue; set "
             "JANITOR_BROKER_SEP to the workers' broker_transport_options['sep'] (kombu's default: '\\x06\\x16')"
         )
-    token = uuid.uuid4().hex
-    if not dry_run:
-        out.tally.commands["SET"] += 1
-        if not client.set(keys.mutex, token, nx=True, px=settings.unacked_mutex_expire * 1000):
-            out.mutex_held = True
-            out.skipped["mutex_held"] += len(candidates)
-            return out
-    try:
+
+    def restore_all(token: str) -> None:
         tables: dict[str, list[tuple[str, str, str]]] = {}
         checked: set[str] = set()
         for start in range(0, len(candidates), settings.unacked_page):
-            _restore_page(
-                client,
-                settings,
-                keys,
-                candidates[start : start + settings.unacked_page],
-                token=token,
-                tables=tables,
-                checked=checked,
-                out=out,
-            )
-    finally:
-        if not dry_run:
-            scripts.release(out.tally, client, lock=keys.mutex, token=token)
+            page = candidates[start : start + settings.unacked_page]
+            _restore_page(client, settings, keys, page, token=token, tables=tables, checked=checked, out=out)
+
+    if dry_run:
+        restore_all("")
+        return out
+    with unacked_mutex(client, keys, settings, out.tally) as token:
+        if token is None:
+            out.mutex_held = True
+            out.skipped["mutex_held"] += len(candidates)
+        else:
+            restore_all(token)
     return out
+
+
+@contextlib.contextmanager
+def unacked_mutex(
+    client: redis.Redis, keys: BrokerKeys, settings: Settings, tally: scripts.Tally
+) -> Iterator[str | None]:
+    """kombu's ``unacked_mutex``, taken as its ``restore_visible`` takes it: yields our token, or None
+    while someone else holds it (a consumer restoring right now). Released by compare-and-delete."""
+    token = uuid.uuid4().hex
+    tally.commands["SET"] += 1
+    if not client.set(keys.mutex, token, nx=True, px=settings.unacked_mutex_expire * 1000):
+        yield None
+        return
+    try:
+        yield token
+    finally:
+        scripts.release(tally, client, lock=keys.mutex, token=token)
 
 
 def auto_restore(

@@ -22,7 +22,6 @@ harmless: it only raises a score to what the entry, as read, called for.
 from __future__ import annotations
 
 import collections
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,7 +29,7 @@ from typing import Any, Literal
 import redis
 
 from janitor.config import Settings
-from janitor.operations.broker import BrokerKeys, BrokerReport, UnackedMessage
+from janitor.operations.broker import BrokerKeys, BrokerReport, UnackedMessage, unacked_mutex
 from janitor.redis_io import scripts
 
 Guard = Literal["eta", "running"]
@@ -128,20 +127,16 @@ def rescore(
     if dry_run:
         out.raised = len(planned)
         return out
-    token = uuid.uuid4().hex
-    out.tally.commands["SET"] += 1
-    if not client.set(keys.mutex, token, nx=True, px=settings.unacked_mutex_expire * 1000):
-        out.mutex_held = True
-        out.skipped["mutex_held"] += len(planned)
-        return out
-    try:
+    with unacked_mutex(client, keys, settings, out.tally) as token:
+        if token is None:
+            out.mutex_held = True
+            out.skipped["mutex_held"] += len(planned)
+            return out
         for start in range(0, len(planned), settings.unacked_page):
             page = planned[start : start + settings.unacked_page]
             if not _rescore_page(client, keys, page, token, out):
                 out.skipped["fenced"] += len(planned) - start - len(page)
                 break
-    finally:
-        scripts.release(out.tally, client, lock=keys.mutex, token=token)
     return out
 
 
