@@ -124,6 +124,30 @@ def sweep(
     return report
 
 
+def sweep_keys(
+    client: redis.Redis,
+    settings: Settings,
+    keys: Sequence[bytes],
+    *,
+    fence: Callable[[], Fence] = Fence,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    timer: Callable[[], float] = time.perf_counter,
+) -> SweepReport:
+    """The rules over these key names (watch mode's newly written keys), through the same scripts as a
+    pass: names no Celery client writes cost no call, the rest go to DECIDE by name in pacer-sized chunks."""
+    report = SweepReport(dry_run=settings.dry_run)
+    run = _Pass(client, settings, report, fence, clock, timer=timer)
+    started = time.monotonic()
+    names = [key for key in dict.fromkeys(keys) if run.layout.classify(key)[0] is not Kind.OTHER]
+    report.scanned = len(names)
+    for chunk in run.chunks(names):
+        run.batch(chunk)
+        report.batches += 1
+    report.completed = True
+    report.duration_s = time.monotonic() - started
+    return report
+
+
 @dataclass
 class _Pass:
     """One pass's state: where it is, how big its batches are, what it did."""
