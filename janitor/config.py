@@ -12,7 +12,7 @@ import difflib
 import os
 import zoneinfo
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import redis
@@ -86,6 +86,10 @@ class Settings(BaseModel):
     info_interval: Annotated[float, Field(gt=0, le=86400)] = 30.0
     broker_interval: Annotated[float, Field(gt=0, le=86400)] = 60.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # Watch mode (janitor.service.watcher): new results get their TTL from keyspace notifications;
+    # full passes then run every safety_sweep_interval while it is unbroken, else every sweep_interval.
+    watch: Literal["auto", "on", "off"] = "auto"
+    safety_sweep_interval: Annotated[float, Field(gt=0, le=30 * 86400)] = 86400.0
     metrics_host: str = ""
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9810
     shutdown_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0

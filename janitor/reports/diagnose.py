@@ -24,7 +24,7 @@ from janitor.errors import Exit
 from janitor.operations import beat, broker, census
 from janitor.operations.beat import BeatReport
 from janitor.operations.broker import BrokerReport
-from janitor.redis_io import connection, heartbeats, scripts
+from janitor.redis_io import connection, heartbeats, notifications, scripts
 from janitor.reports import findings
 from janitor.reports.findings import Finding, MemoryInfo, Workers
 from janitor.reports.text import duration, size
@@ -50,6 +50,7 @@ class ConnectionInfo:
     acl_user: str | None
     broker_url: str = ""  # masked; "" when the broker is the results' server and database
     broker_source: str = ""
+    notify_keyspace_events: str | None = None  # None: CONFIG GET refused
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +200,13 @@ def _connection(client: redis.Redis, settings: Settings, info: dict[str, Any]) -
         acl_user=user,
         broker_url=settings.masked_broker_url if settings.broker_apart else "",
         broker_source=settings.broker_url_source if settings.broker_apart else "",
+        notify_keyspace_events=_notify_flags(client),
     )
+
+
+def _notify_flags(client: redis.Redis) -> str | None:
+    flags = notifications.read(client, scripts.ReadOnlyTally())
+    return None if flags.state is notifications.Read.REFUSED else flags.flags
 
 
 def _start_listening(settings: Settings, listen_s: float) -> heartbeats.WorkerTracker | None:
@@ -266,6 +273,7 @@ def render_text(d: Diagnosis) -> str:
     tls = "off" if not c.tls else ("on, server verified" if c.tls_verifies else "on, NOT verified")
     out.append(f"  server     {c.server} {c.version}, {c.role}, db {c.db}; TLS {tls}")
     out.append(f"  ping       {c.ping_ms:.2f} ms; ACL user {c.acl_user or 'unknown'}")
+    out.append(f"  watch      {_watch_line(c.notify_keyspace_events)}")
     out += ["", "Memory"]
     m = d.memory
     if m is None:
@@ -278,6 +286,17 @@ def render_text(d: Diagnosis) -> str:
         out.append(f"  policy     {m.policy}; evicted keys {m.evicted_keys:,}; fragmentation {frag}")
     out += ["", *_keyspace_lines(d.census, d.dbsize), "", *_broker_lines(d), "", *_finding_lines(d.findings)]
     return "\n".join(out) + "\n"
+
+
+def _watch_line(flags: str | None) -> str:
+    """What `celery-janitor run` would do here with JANITOR_WATCH=auto."""
+    if flags is None:
+        return "unknown: CONFIG GET notify-keyspace-events refused; the daemon runs full passes only"
+    if notifications.covers_string_sets(flags):
+        return f"available (notify-keyspace-events={flags}): the daemon gives new results their TTL as they are written"
+    return (
+        f"off (notify-keyspace-events={flags!r}): the daemon runs full passes only; to {notifications.HOW_TO_TURN_ON}"
+    )
 
 
 def _keyspace_lines(cz: census.Census, dbsize: int) -> list[str]:

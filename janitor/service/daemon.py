@@ -38,6 +38,7 @@ from janitor.service.jobs import Context, Job
 from janitor.service.jobs.results import ResultsJob
 from janitor.service.metrics import Metrics
 from janitor.service.status_book import Live, StatusBook
+from janitor.service.watcher import Watcher
 
 SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -88,6 +89,7 @@ class Daemon:
     health: RedisHealth = field(init=False)
     book: StatusBook = field(init=False)
     scheduler: BackgroundScheduler = field(init=False)
+    watcher: Watcher = field(init=False)
     _failing: dict[str, str] = field(default_factory=dict)  # readiness jobs whose last run failed
     _completed: set[str] = field(default_factory=set)  # jobs that have finished a full run
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -107,6 +109,10 @@ class Daemon:
     def __post_init__(self) -> None:
         s = self.settings
         self.health = RedisHealth(self.metrics, s.masked_url, self._wake_all)
+        # A gap in watch mode (keys it may have missed) asks for a full pass at once.
+        self.watcher = Watcher(
+            s, self.client, self.metrics, fence=self.lease.fence, on_gap=lambda: self._run_soon(ResultsJob.name)
+        )
         self.book = StatusBook(
             s,
             live=Live(
@@ -114,10 +120,18 @@ class Daemon:
                 self.lease.held,
                 self.readiness,
                 lambda: scheduler.next_run(self.scheduler, ResultsJob.name),
+                watch=lambda: self.watcher.status().line(s.sweep_interval, s.safety_sweep_interval),
             ),
         )
         self.ctx = Context(
-            s, self.client, self.broker_client or self.client, self.lease, self.metrics, self.book, self.workers
+            s,
+            self.client,
+            self.broker_client or self.client,
+            self.lease,
+            self.metrics,
+            self.book,
+            self.workers,
+            watch=self.watcher,
         )
         self.metrics.gauge("janitor_is_leader").set_function(lambda: float(self.lease.held()))
         self.metrics.gauge("janitor_dry_run").set(int(s.dry_run))
@@ -171,6 +185,7 @@ class Daemon:
         for thread in self._threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.workers.stop()
+        self.watcher.stop(max(0.0, deadline - time.monotonic()))
         clean = not waiter.is_alive()
         released = False
         # With Redis away the release would only spend the timeout; the lease expires by itself.
@@ -256,9 +271,11 @@ class Daemon:
             self.metrics.counter("janitor_lease_acquisitions_total").inc()
             log.info("lease.acquired", epoch=self.lease.epoch, key=self.lease.key.decode(errors="replace"))
             scheduler.run_soon(self.scheduler, ResultsJob.name)
+            self.watcher.start()
         elif change is Change.LOST:
             log.warning("lease.lost", epoch=self.lease.epoch)
             self.metrics.seen.forget_leader_views()
+            self.watcher.stop(timeout=1.0)
 
     def _lease_ok(self) -> None:
         self._flush_lease_commands()
@@ -273,6 +290,10 @@ class Daemon:
     def _flush_lease_commands(self) -> None:
         self.metrics.add_commands(self.lease.tally.commands)
         self.lease.tally.commands.clear()
+
+    def _run_soon(self, name: str) -> None:
+        if self.scheduler.running:
+            scheduler.run_soon(self.scheduler, name)
 
     def _wake_all(self) -> None:
         if self.scheduler.running:

@@ -28,6 +28,8 @@ from janitor.operations.sweep import SweepReport
 
 # Sweeps take milliseconds on an empty Redis and many minutes on a dirty one.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Watch mode's write-to-TTL lag is meant to stay well under a second.
+WATCH_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STUCK_TASK_NAMES_CAP = 20  # label cardinality: the rest is reported as task_name="other"
 # Celery's own states; anything else is a custom state. Keeps the label set small.
 KNOWN_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "STARTED", "RETRY", "PENDING", "RECEIVED", "REJECTED"})
@@ -41,6 +43,7 @@ class Def:
     help: str
     labels: tuple[str, ...] = ()
     seen: bool = False
+    buckets: tuple[float, ...] = DURATION_BUCKETS  # histograms only
 
 
 def _job(label: str, what: str) -> dict[str, Def]:
@@ -94,6 +97,17 @@ METRICS: dict[str, Def] = {
     # Restores move messages: counted as they happen, by queue.
     "janitor_restored_total": Def("counter", "Stuck messages pushed back to their queue", ("queue",)),
     "janitor_dead_lettered_total": Def("counter", "Messages moved to janitor.dead.<queue>", ("queue",)),
+    # Watch mode (JANITOR_WATCH): new result and group keys judged from keyspace notifications.
+    "janitor_watch_active": Def(
+        "gauge", "1 while the leader is subscribed to keyspace notifications (watch mode), else 0 (full passes only)."
+    ),
+    "janitor_watch_keys_total": Def("counter", "Result and group keys judged from keyspace notifications."),
+    "janitor_watch_gaps_total": Def(
+        "counter", "Times watch mode may have missed writes, by cause; each asks for a full pass.", ("reason",)
+    ),
+    "janitor_watch_lag_seconds": Def(
+        "histogram", "From a key's notification to the end of the batch that judged it.", buckets=WATCH_LAG_BUCKETS
+    ),
     # The last census (leader only).
     "janitor_result_keys": Def(
         "gauge",
@@ -183,7 +197,7 @@ class Metrics:
             if d.seen:
                 continue
             if d.kind == "histogram":
-                self._live[name] = Histogram(name, d.help, d.labels, buckets=DURATION_BUCKETS, registry=registry)
+                self._live[name] = Histogram(name, d.help, d.labels, buckets=d.buckets, registry=registry)
             elif d.kind == "counter":
                 self._live[name] = Counter(name, d.help, d.labels, registry=registry)
             else:

@@ -33,6 +33,7 @@ class Live:
     leader: Callable[[], bool]
     ready: Callable[[], tuple[bool, str]]  # what /readyz answers
     next_sweep: Callable[[], dt.datetime | None]
+    watch: Callable[[], str] | None = None  # watch mode or full passes only, and why
 
 
 @dataclass
@@ -77,7 +78,13 @@ class StatusBook:
         live = self.live
         banner = None
         if live is not None:
-            banner = status_page.Banner(live.redis(), live.ready(), live.leader(), next_sweep=live.next_sweep())
+            banner = status_page.Banner(
+                live.redis(),
+                live.ready(),
+                live.leader(),
+                next_sweep=live.next_sweep(),
+                watch=live.watch() if live.watch is not None else None,
+            )
         not_read = "not checked yet"
         if banner is not None and banner.redis.up is False:
             not_read = f"not checked: Redis is down ({banner.redis.reason})"

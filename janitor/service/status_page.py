@@ -70,6 +70,7 @@ class Banner:
     memory: MemoryInfo | None = None  # from the last INFO
     info_at: dt.datetime | None = None
     next_sweep: dt.datetime | None = None
+    watch: str | None = None  # the results sweep's mode: watch, or full passes only and why
 
 
 @dataclass
@@ -204,6 +205,8 @@ def _banner(b: Banner, runs: Sequence[SweepRun], now: dt.datetime) -> str:
     rows.append(("Memory", _memory(b.memory, b.info_at, now)))
     rows.append(("Last sweep", _last_sweep(runs[0] if runs else None, now)))
     rows.append(("Next sweep", _next_sweep(b, now)))
+    if b.watch is not None:
+        rows.append(("Watch mode", b.watch if b.leader else "on the leader"))
     body = "".join(f"<tr><th scope=row>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<div class='banner {tone}' id=banner><p class=head>{_e(head)}</p><table>{body}</table></div>"
 

@@ -16,6 +16,7 @@ from janitor.redis_io.heartbeats import WorkerTracker
 from janitor.redis_io.lease import Lease
 from janitor.service.metrics import Metrics
 from janitor.service.status_book import StatusBook
+from janitor.service.watcher import Watcher
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Context:
     workers: WorkerTracker
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time
+    watch: Watcher | None = None  # watch mode's listener, while this instance leads (JANITOR_WATCH)
 
     def should_stop(self) -> bool:
         """Checked between batches: shutting down, or the lease may have lapsed locally (the fence
