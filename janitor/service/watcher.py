@@ -205,41 +205,10 @@ class Watcher:
         pubsub = _PubSub(client.connection_pool)
         pubsub.watcher = self
         tally = Tally()
-        pending: dict[bytes, float] = {}  # key -> when its notification arrived
         try:
             tally.commands["SUBSCRIBE"] += 1
             pubsub.subscribe(self._channel())
-            next_check, pinged = self.clock() + self.recheck_s, False
-            while not stop.is_set():
-                first = next(iter(pending.values()), None)  # the oldest: dicts keep insertion order
-                wait = 0.5 if first is None else first + self.window_s - self.clock()
-                message = pubsub.get_message(timeout=max(0.0, min(wait, 0.5)))
-                now = self.clock()
-                if message is not None:
-                    kind = message.get("type")
-                    if kind == "subscribe":
-                        self._subscribed(now)
-                    elif kind == "message" and isinstance(data := message.get("data"), bytes):
-                        if self.layout.classify(data)[0] is not Kind.OTHER:
-                            pending.setdefault(data, now)
-                    elif kind == "pong":
-                        pinged = False
-                if pending and (len(pending) >= self.max_keys or now >= next(iter(pending.values())) + self.window_s):
-                    self._batch(pending)
-                    pending = {}
-                if now >= next_check:
-                    if pinged:
-                        raise redis.ConnectionError("the subscription did not answer PING")
-                    if not self._flags().on:
-                        self._gap("notifications_off")
-                        return
-                    tally.commands["PING"] += 1
-                    pubsub.ping()
-                    next_check, pinged = now + self.recheck_s, True
-                self.metrics.add_commands(tally.commands)
-                tally.commands.clear()
-            if pending:  # stopping (shutdown, lease lost): the fence turns a late batch away
-                self._batch(pending)
+            self._loop(pubsub, stop, tally)
         except Exception as exc:
             self._gap("disconnected", exc)
             raise
@@ -249,6 +218,49 @@ class Watcher:
             self.metrics.gauge("janitor_watch_active").set(0)
             pubsub.close()
             client.close()
+
+    def _loop(self, pubsub: redis.client.PubSub, stop: threading.Event, tally: Tally) -> None:
+        pending: dict[bytes, float] = {}  # key -> when its notification arrived (oldest first)
+        next_check, pinged = self.clock() + self.recheck_s, False
+        while not stop.is_set():
+            first = next(iter(pending.values()), None)
+            wait = 0.5 if first is None else first + self.window_s - self.clock()
+            message = pubsub.get_message(timeout=max(0.0, min(wait, 0.5)))
+            now = self.clock()
+            kind, data = (message.get("type"), message.get("data")) if message is not None else (None, None)
+            if kind == "message" and isinstance(data, bytes):
+                if self.layout.classify(data)[0] is not Kind.OTHER:
+                    pending.setdefault(data, now)
+            elif kind == "subscribe" and not self._confirmed(now):
+                return
+            elif kind == "pong":
+                pinged = False
+            if pending and (len(pending) >= self.max_keys or now >= next(iter(pending.values())) + self.window_s):
+                self._batch(pending)
+                pending = {}
+            if now >= next_check:
+                if pinged:
+                    raise redis.ConnectionError("the subscription did not answer PING")
+                if not self._flags().on:
+                    self._gap("notifications_off")
+                    return
+                tally.commands["PING"] += 1
+                pubsub.ping()
+                next_check, pinged = now + self.recheck_s, True
+            self.metrics.add_commands(tally.commands)
+            tally.commands.clear()
+        if pending:  # stopping (shutdown, lease lost): the fence turns a late batch away
+            self._batch(pending)
+
+    def _confirmed(self, now: float) -> bool:
+        """The server confirmed the subscription. After a gap the flags are read first: a restarted server
+        comes back with its config file's, maybe without notifications. False: stop listening."""
+        if self._gap_open and not self._flags().on:
+            self._gap_open = False
+            self.on_gap()
+            return False
+        self._subscribed(now)
+        return True
 
     def _batch(self, pending: dict[bytes, float]) -> None:
         try:

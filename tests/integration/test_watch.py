@@ -286,6 +286,27 @@ class TestGaps:
             >= 1
         )
 
+    def test_restarted_server_watched_again(self, server: embedded.Server) -> None:
+        """A Redis restart drops the subscription and CONFIG SET flags: with JANITOR_WATCH=on the watcher turns
+        them on again once it is back, asks for a full pass, and new results get their TTL."""
+        with embedded.running(server.engine) as own:
+            client = own.client()
+            client.config_set("notify-keyspace-events", "E$")
+            settings = config.load({"JANITOR_REDIS_URL": own.url, "JANITOR_WATCH": "on"})
+            metrics = Metrics(CollectorRegistry())
+            asked = threading.Event()
+            with watching(settings, client, metrics, on_gap=asked.set, retry_s=0.1) as watcher:
+                assert watcher.wait_watching(DEADLINE)
+                own.restart()
+                assert client.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
+                wait_for(asked.is_set, 60, "a full pass to be asked for")
+                assert watcher.wait_watching(60)
+                assert set(client.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("E$")
+                key = _result(client, f"restart-{uuid.uuid4()}")
+                wait_for(lambda: client.pttl(key) > 0, DEADLINE, "the result to get a TTL")
+            client.close()
+        assert watcher.gaps >= 1
+
 
 class TestDaemon:
     def test_daemon_watches_and_a_gap_runs_a_pass(
