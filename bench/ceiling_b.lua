@@ -1,6 +1,6 @@
 -- CEILING_B: bench/sweep_bench.py's ceiling B, the least a server-side sweep can cost. One
--- SCAN page per call; per key the same rules as janitor.sweeps.rules for a JSON task result
--- with no TTL, and none of the janitor's certainty checks.
+-- SCAN page per call; per key the same rules as janitor.operations.rules for a JSON task result
+-- or saved group with no TTL, and none of the janitor's certainty checks.
 --
 -- KEYS     none
 -- ARGV[1]  SCAN cursor
@@ -11,14 +11,15 @@
 -- ARGV[6]  TTL of a result not finished (ms)
 -- ARGV[7]  future tolerance (ms)
 -- ARGV[8]  largest value to read (bytes)
+-- ARGV[9]  TTL of a saved group (ms)
 --
 -- Returns {next cursor, keys scanned, deleted, TTLs set}.
 
 local page = redis.call('SCAN', ARGV[1], 'MATCH', '*celery*', 'COUNT', ARGV[2])
 local now, rttl, fttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local pending, tol, maxv = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local prefix = 'celery-task-meta-'
-local plen = #prefix
+local pending, tol, maxv, gttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local prefix, gprefix = 'celery-task-meta-', 'celery-taskset-meta-'
+local plen, glen = #prefix, #gprefix
 local match, sub, floor, tonum = string.match, string.sub, math.floor, tonumber
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
@@ -80,6 +81,15 @@ for _, k in ipairs(page[2]) do
           redis.call('PEXPIRE', k, pending)
           expired = expired + 1
         end
+      end
+    end
+  elseif sub(k, 1, glen) == gprefix and redis.call('PTTL', k) == -1 then
+    local v = redis.pcall('GET', k)
+    if type(v) == 'string' and #v <= maxv then
+      local ok, m = pcall(cjson.decode, v)
+      if ok and type(m) == 'table' and type(m.result) == 'table' then
+        redis.call('PEXPIRE', k, gttl)
+        expired = expired + 1
       end
     end
   end

@@ -1,16 +1,20 @@
 """What one result sweep costs, next to the physical limit and to what users write today.
 
-One process, one private server (janitor.dev.embedded), one synthetic keyspace in
-Celery's exact formats (bench.bulkgen): ``--keys`` result keys (85% ready JSON
-results with date_done spread over 14 days, 15% not ready, no TTL) plus 20%
-non-Celery keys. The keyspace is written once, saved to an RDB file, and every
-row starts from FLUSHALL + DEBUG RELOAD of that file, so each row sees the same
-bytes. All rows decide with the same fixed "now" (the time of generation).
+One process, one private server (janitor.dev.embedded), synthetic keyspaces in
+Celery's exact formats (bench.bulkgen): ``--keys`` result keys, no TTL, plus 20%
+non-Celery keys. ``--keyspace realistic`` (the default) is what Celery 5.7 workers
+write: result_extended results, FAILUREs with 2-8 KB tracebacks, groups and chords,
+a few pickles, two thirds past retention; ``plain`` is tiny JSON results with
+date_done spread over 14 days; ``realistic,plain`` prints one table for each. Each
+keyspace is written once, saved to an RDB file, and every row starts from FLUSHALL +
+DEBUG RELOAD of that file, so each row sees the same bytes. All rows decide with the
+same fixed "now" (the time of generation).
 
 Rows:
   scan        ceiling A: bare SCAN MATCH '*celery*' COUNT 1000, nothing else
   lua         ceiling B: one hand-written Lua call per SCAN page (SCAN inside the
-              script, cjson.decode, date_done parsed in Lua, PEXPIRE/UNLINK)
+              script, cjson.decode, date_done parsed in Lua, PEXPIRE/UNLINK; task
+              results and saved groups, no certainty checks)
   lua_paced   ceiling B with its COUNT sized by the janitor's pacer: the latency guard's
               price alone (not a target; the targets are against ceiling B)
   janitor1    janitor.operations.sweep.sweep, default settings, dirty keyspace
@@ -33,6 +37,7 @@ separate process, and the longest command in SLOWLOG during the row.
 
     python bench/sweep_bench.py --keys 100000
     python bench/sweep_bench.py                      # 1M keys, about 6 minutes
+    python bench/sweep_bench.py --keys 1000000 --rows lua,janitor1,janitor2 --keyspace realistic,plain
     python bench/sweep_bench.py --engine valkey --rows lua,janitor1,janitor2 --json
 """
 
@@ -259,6 +264,7 @@ def row_lua(client: redis.Redis, settings: Settings, now: dt.datetime, *, paced:
         settings.pending_ttl * 1000,
         settings.future_tolerance * 1000,
         settings.max_value_bytes,
+        settings.group_ttl * 1000,
     ]
     cursor: bytes | int = 0
     while True:
@@ -500,32 +506,36 @@ class Keyspaces:
         self.server, self.now, self.log, self.other_ratio = server, now, log, other_ratio
         # SAVE and DEBUG RELOAD of millions of keys outlast any ordinary socket timeout.
         self.client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=None)
-        self.saved: dict[int, Path] = {}
-        self.written: dict[int, dict[str, int]] = {}
+        self.saved: dict[tuple[str, int], Path] = {}
+        self.written: dict[tuple[str, int], dict[str, int]] = {}
 
-    def load(self, results_n: int) -> None:
+    def load(self, keyspace: str, results_n: int) -> None:
         rdb = self.server.workdir / "dump.rdb"
-        if results_n not in self.saved:
+        which = (keyspace, results_n)
+        if which not in self.saved:
             self.client.flushall()
             t0 = time.perf_counter()
-            stats = bulkgen.write(self.server.port, bulkgen.Spec(results_n, other_ratio=self.other_ratio), self.now)
-            self.written[results_n] = dict(stats)
+            spec = bulkgen.Spec(results_n, other_ratio=self.other_ratio, keyspace=keyspace)
+            stats = bulkgen.write(self.server.port, spec, self.now)
+            self.written[which] = dict(stats)
             gen = time.perf_counter() - t0
             self.client.save()
-            snap = self.server.workdir / f"keyspace-{results_n}.rdb"
+            snap = self.server.workdir / f"keyspace-{keyspace}-{results_n}.rdb"
             shutil.copyfile(rdb, snap)
-            self.saved[results_n] = snap
+            self.saved[which] = snap
             self.log(
-                f"  wrote {sum(stats.values()):,} keys ({results_n:,} results) in {gen:.1f} s, saved to {snap.name}"
+                f"  wrote {sum(stats.values()):,} keys ({results_n:,} {keyspace} results) in {gen:.1f} s, "
+                f"saved to {snap.name}"
             )
         t0 = time.perf_counter()
         self.client.flushall()
-        shutil.copyfile(self.saved[results_n], rdb)
+        shutil.copyfile(self.saved[which], rdb)
         self.client.execute_command("DEBUG", "RELOAD", "NOSAVE")  # type: ignore[no-untyped-call]
         self.log(f"  restored {self.client.dbsize():,} keys in {time.perf_counter() - t0:.1f} s")
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One document per keyspace, all measured on one server."""
     settings = config.load({})
     guard_us = int(settings.max_batch_ms * 1000)
     slow_us = args.slowlog_us if args.slowlog_us is not None else guard_us
@@ -533,69 +543,107 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; choose from {', '.join(ROWS)}")
+    keyspaces = [k.strip() for k in args.keyspace.split(",") if k.strip()]
+    if not keyspaces or set(keyspaces) - set(bulkgen.KEYSPACES):
+        raise SystemExit(f"--keyspace: choose from {', '.join(bulkgen.KEYSPACES)}")
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    started = time.perf_counter()
-    load_start = os.getloadavg()
-    out: dict[str, Any] = {}
+    docs: list[dict[str, Any]] = []
     with embedded.running(args.engine) as server:
         client = server.client()
         version = client.info("server")
         client.config_set("slowlog-log-slower-than", slow_us)
         client.config_set("slowlog-max-len", 10_000)
         client.script_load(CEILING_B.source)
-        log(
-            f"{server.engine} {version.get('valkey_version') or version.get('redis_version')} on port {server.port}; "
-            f"{args.keys:,} result keys; loadavg {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
-        )
         spaces = Keyspaces(server, now, log, args.other_ratio)
-        measured: list[Row] = []
-        for name in rows:
-            size = min(args.keys, args.naive_keys) if name in NAIVE else args.keys
-            if name != "janitor2":
-                spaces.load(size)
-            elif not measured or measured[-1].name != "janitor1":
-                log("janitor2 needs a first pass on the same keyspace: running janitor1 unmeasured")
-                spaces.load(size)
-                RUNNERS["janitor1"](client, settings, now)
-            log(f"{LABELS[name]} on {size:,} result keys ...")
-            profiler = cProfile.Profile() if args.profile == name else None
-            if profiler:
-                profiler.enable()
-            row = measure(name, client, port=server.port, settings=settings, now=now, keys=size, slow_guard_us=guard_us)
-            if profiler:
-                profiler.disable()
-                text = io.StringIO()
-                pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
-                log(text.getvalue())
-            if size < args.keys:
-                row.extrapolated_wall_s = args.keys / row.keys_per_s
-            log(f"  {row.wall_s:.2f} s, {row.keys_per_s:,.0f} keys/s, load1 {row.load1:.2f}")
-            measured.append(row)
-        out = {
-            "engine": server.engine,
-            "server_version": version.get("valkey_version") or version.get("redis_version"),
-            "result_keys": args.keys,
-            "other_keys": int(args.keys * args.other_ratio),
-            "naive_keys": min(args.keys, args.naive_keys),
-            "written": {str(k): v for k, v in spaces.written.items()},
-            "now": now.isoformat(),
-            "settings": {
-                "scan_count": settings.scan_count,
-                "max_batch_ms": settings.max_batch_ms,
-                "result_ttl": settings.result_ttl,
-                "failure_ttl": settings.failure_ttl,
-                "pending_ttl": settings.pending_ttl,
-            },
-            "slowlog_threshold_us": slow_us,
-            "guard_us": guard_us,
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-            "cpus": os.cpu_count(),
-            "total_s": round(time.perf_counter() - started, 1),
-            "rows": [asdict(r) for r in measured],
-            "ratios": ratios(measured),
-        }
-    return out
+        for keyspace in keyspaces:
+            started = time.perf_counter()
+            load_start = os.getloadavg()
+            log(
+                f"{server.engine} {version.get('valkey_version') or version.get('redis_version')} on port "
+                f"{server.port}; {args.keys:,} {keyspace} result keys; "
+                f"loadavg {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
+            )
+            docs.append(
+                _rows(
+                    args,
+                    log,
+                    client=client,
+                    server=server,
+                    spaces=spaces,
+                    keyspace=keyspace,
+                    rows=rows,
+                    settings=settings,
+                    now=now,
+                    slow_us=slow_us,
+                    guard_us=guard_us,
+                )
+            )
+            docs[-1]["loadavg_start"] = load_start
+            docs[-1]["total_s"] = round(time.perf_counter() - started, 1)
+    return docs
+
+
+def _rows(
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+    *,
+    client: redis.Redis,
+    server: embedded.Server,
+    spaces: Keyspaces,
+    keyspace: str,
+    rows: list[str],
+    settings: Settings,
+    now: dt.datetime,
+    slow_us: int,
+    guard_us: int,
+) -> dict[str, Any]:
+    version = client.info("server")
+    measured: list[Row] = []
+    for name in rows:
+        size = min(args.keys, args.naive_keys) if name in NAIVE else args.keys
+        if name != "janitor2":
+            spaces.load(keyspace, size)
+        elif not measured or measured[-1].name != "janitor1":
+            log("janitor2 needs a first pass on the same keyspace: running janitor1 unmeasured")
+            spaces.load(keyspace, size)
+            RUNNERS["janitor1"](client, settings, now)
+        log(f"{LABELS[name]} on {size:,} result keys ...")
+        profiler = cProfile.Profile() if args.profile == name else None
+        if profiler:
+            profiler.enable()
+        row = measure(name, client, port=server.port, settings=settings, now=now, keys=size, slow_guard_us=guard_us)
+        if profiler:
+            profiler.disable()
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
+            log(text.getvalue())
+        if size < args.keys:
+            row.extrapolated_wall_s = args.keys / row.keys_per_s
+        log(f"  {row.wall_s:.2f} s, {row.keys_per_s:,.0f} keys/s, load1 {row.load1:.2f}")
+        measured.append(row)
+    return {
+        "keyspace": keyspace,
+        "engine": server.engine,
+        "server_version": version.get("valkey_version") or version.get("redis_version"),
+        "result_keys": args.keys,
+        "other_keys": int(args.keys * args.other_ratio),
+        "naive_keys": min(args.keys, args.naive_keys),
+        "written": {str(n): v for (ks, n), v in spaces.written.items() if ks == keyspace},
+        "now": now.isoformat(),
+        "settings": {
+            "scan_count": settings.scan_count,
+            "max_batch_ms": settings.max_batch_ms,
+            "result_ttl": settings.result_ttl,
+            "failure_ttl": settings.failure_ttl,
+            "pending_ttl": settings.pending_ttl,
+        },
+        "slowlog_threshold_us": slow_us,
+        "guard_us": guard_us,
+        "loadavg_end": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "rows": [asdict(r) for r in measured],
+        "ratios": ratios(measured),
+    }
 
 
 def ratios(rows: list[Row]) -> dict[str, Any]:
@@ -640,8 +688,10 @@ def ratios(rows: list[Row]) -> dict[str, Any]:
 
 def table(doc: dict[str, Any]) -> str:
     lines = [
-        f"celery-janitor sweep bench: {doc['engine']} {doc['server_version']}, {doc['result_keys']:,} result keys "
-        f"(+{doc['other_keys']:,} non-Celery), {doc['cpus']} CPUs, total {doc['total_s']} s",
+        f"celery-janitor sweep bench: {doc['engine']} {doc['server_version']}, {doc['result_keys']:,} "
+        f"{doc['keyspace']} result keys (+{doc['other_keys']:,} non-Celery), {doc['cpus']} CPUs, "
+        f"total {doc['total_s']} s",
+        "written: " + ", ".join(f"{k} {v:,}" for k, v in doc["written"].get(str(doc["result_keys"]), {}).items()),
         "loadavg start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(
             *doc["loadavg_start"], *doc["loadavg_end"]
         ),
@@ -699,6 +749,11 @@ def main(argv: list[str] | None = None) -> int:
         "--other-ratio", type=float, default=0.2, help="non-Celery keys per result key (default 0.2; 20 = sparse)"
     )
     parser.add_argument("--engine", choices=embedded.ENGINES, default="redis")
+    parser.add_argument(
+        "--keyspace",
+        default="realistic",
+        help=f"comma-separated keyspaces, each its own table: {','.join(bulkgen.KEYSPACES)} (default realistic)",
+    )
     parser.add_argument("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)}")
     parser.add_argument(
         "--naive-keys", type=int, default=0, help="result keys for the naive rows (default: keys/5, at most 100000)"
@@ -715,8 +770,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    doc = run(args, log)
-    print(json.dumps(doc, indent=2) if args.json else table(doc))
+    docs = run(args, log)
+    print(json.dumps(docs if len(docs) > 1 else docs[0], indent=2) if args.json else "\n\n".join(map(table, docs)))
     return 0
 
 
