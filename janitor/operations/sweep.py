@@ -187,6 +187,7 @@ class _Pass:
             budget=s.batch_bytes,
             naive_utc=s.naive_timezone == "UTC",
             edge=payload.EDGE_BYTES,
+            group_ttl_ms=s.group_ttl * 1000,
         )
 
     def batches(self) -> Iterator[None]:
@@ -295,6 +296,7 @@ class _Pass:
         self.report.celery_keys += reply.celery
         self.report.bytes_deleted += reply.freed
         self.report.ttl_applied.update({Kind.TASK: reply.ttl_set} if reply.ttl_set else {})
+        self.report.ttl_applied.update({Kind.GROUP: reply.group_ttl_set} if reply.group_ttl_set else {})
         self.report.deleted.update({Kind.TASK: reply.deleted} if reply.deleted else {})
         actions: list[tuple[bytes, Action]] = []
         unread: list[tuple[bytes, Kind, bytes]] = []

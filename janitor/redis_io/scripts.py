@@ -166,6 +166,7 @@ class Retention:
     budget: int  # reply byte budget
     naive_utc: bool  # a naive date_done is UTC (else DECIDE hands it to Python)
     edge: int  # bytes of a too-large value's head and tail to return
+    group_ttl_ms: int = 0  # the TTL DECIDE gives a saved group (0: groups go to Python)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class Decided:
     deleted: int
     freed: int  # bytes deleted
     handed: list[Handed]
+    group_ttl_set: int = 0  # saved groups it gave a TTL (ttl_set counts task results)
 
 
 def decide(
@@ -216,11 +218,11 @@ def decide(
     r = retention
     args = [cursor, count, match, limit, token, int(dry_run), now_us]
     args += [r.result_ttl_ms, r.failure_ttl_ms, r.pending_ttl_ms, r.future_tolerance_us, r.max_value]
-    args += [r.task_prefix, r.group_prefix, r.budget, int(r.naive_utc), r.edge]
+    args += [r.task_prefix, r.group_prefix, r.budget, int(r.naive_utc), r.edge, r.group_ttl_ms]
     reply = tally.run(client, DECIDE, [fence, *keys], args)
-    after, scanned, celery, ttl_set, deleted, freed = reply[:6]
-    handed = [_handed(k, c, d) for k, c, d in zip(reply[6::3], reply[7::3], reply[8::3], strict=True)]
-    return Decided(after, scanned, celery, ttl_set, deleted, freed, handed)
+    after, scanned, celery, ttl_set, deleted, freed, group_ttl_set = reply[:7]
+    handed = [_handed(k, c, d) for k, c, d in zip(reply[7::3], reply[8::3], reply[9::3], strict=True)]
+    return Decided(after, scanned, celery, ttl_set, deleted, freed, handed, group_ttl_set)
 
 
 def _handed(key: bytes, code: int, detail: Any) -> Handed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import traceback
 import uuid
 from typing import Any
 from unittest import mock
@@ -52,6 +53,22 @@ ODD_NUMBERS = [
     "0.0",
 ]
 
+
+# Dots inside strings DECIDE may read past, and number tokens with dots it must not.
+DOTTY = [
+    '["celery@ip-10-0-1-23.ec2.internal", "report-2026.csv", "v1.e5", "x-.5", "a 1. b"]',
+    '["w-1.x", 1.]',
+    '["w-1.x", -.5]',
+    '["w-1.x",1.e5]',
+    '["w-1.x", 1.5, "9.z"]',
+    '{"a-1.x": 2., "b": 1}',
+    '{"a":1.}',
+    '[true, "1.", 1.]',
+    '["' + "1" * 70 + '.x"]',
+    "[" + "1" * 70 + ".]",
+    '["\\"1.x", 2]',
+    '["\\\\", 1.]',
+]
 
 # Ids Celery's name check refuses (glob characters, a doubled prefix, empty, too long) or
 # that only escapes can spell in the value: DECIDE must leave every one of them to Python.
@@ -125,11 +142,14 @@ def result_value(draw: st.DrawFn, ident: str) -> bytes:
     raw = json.dumps(meta, ensure_ascii=draw(st.booleans()))
     mutation = draw(
         st.sampled_from(
-            ["none"] * 6 + ["number", "member", "space", "tail", "nonascii", "nul", "tab", "deep", "array", "str"]
+            ["none"] * 6
+            + ["number", "member", "space", "tail", "nonascii", "nul", "tab", "deep", "array", "str", "dots"]
         )
     )
     if mutation == "number":
         raw = raw.replace('"children": []', f'"children": [1, {draw(st.sampled_from(ODD_NUMBERS))}]')
+    elif mutation == "dots":  # strtod's numbers next to dots in strings (hostnames, file names)
+        raw = raw.replace('"children": []', f'"children": {draw(st.sampled_from(DOTTY))}')
     elif mutation == "member":
         raw = raw.replace('"traceback": null', f'"traceback" :{draw(st.sampled_from(ODD_NUMBERS))}')
     elif mutation == "space":
@@ -153,6 +173,30 @@ def result_value(draw: st.DrawFn, ident: str) -> bytes:
 
 
 @st.composite
+def group_value(draw: st.DrawFn, ident: str) -> bytes:
+    """A saved GroupResult as kombu's json writes it (Backend._save_group), or something else under its name."""
+    members = [[[str(uuid.uuid4()), None], None] for _ in range(draw(st.integers(0, 3)))]
+    result: Any = draw(
+        st.sampled_from(
+            [[[ident, None], members]] * 4 + [[], {}, {"a": 1}, "x", None, [[ident, None], [[[1.5, None], None]]]]
+        )
+    )
+    raw = json.dumps({"result": result} if draw(st.integers(0, 5)) else {"results": result})
+    mutation = draw(st.sampled_from(["none"] * 4 + ["dots", "number", "tail", "array", "nonascii"]))
+    if mutation == "dots":
+        raw = raw.replace('"result": ', f'"x": {draw(st.sampled_from(DOTTY))}, "result": ', 1)
+    elif mutation == "number":
+        raw = raw[:-1] + f', "n": {draw(st.sampled_from(ODD_NUMBERS))}}}'
+    elif mutation == "tail":
+        raw += draw(st.sampled_from(["x", " ", "}"]))
+    elif mutation == "array":
+        raw = "[" + raw + "]"
+    elif mutation == "nonascii":
+        raw = raw.replace('"result"', '"r\u00e9sult", "é": 1, "result"', 1)
+    return raw.encode()
+
+
+@st.composite
 def batches(draw: st.DrawFn) -> tuple[config.Settings, list[tuple[bytes, bytes]]]:
     prefix = draw(st.sampled_from(["", "myapp"]))
     ttls = {
@@ -160,16 +204,22 @@ def batches(draw: st.DrawFn) -> tuple[config.Settings, list[tuple[bytes, bytes]]
         "JANITOR_FAILURE_TTL": str(draw(st.integers(1, 30 * 86400))),
         "JANITOR_PENDING_TTL": str(draw(st.integers(1, 30 * 86400))),
         "JANITOR_FUTURE_TOLERANCE": str(draw(st.integers(0, 86400))),
+        "JANITOR_GROUP_TTL": str(draw(st.integers(1, 30 * 86400))),
         "JANITOR_KEY_PREFIX": prefix,
         # Naive dates: DECIDE reads them only as UTC; in any other zone it hands them to Python.
         "JANITOR_NAIVE_TIMEZONE": draw(st.sampled_from(["UTC", "UTC", "Asia/Shanghai", "America/New_York", "Etc/UTC"])),
     }
     settings = config.load({"JANITOR_REDIS_URL": "redis://127.0.0.1:1/0", **ttls})
-    task_prefix = Layout.for_prefixes(prefix).task_prefix
+    layout = Layout.for_prefixes(prefix)
     items = []
     for _ in range(draw(st.integers(1, 40))):
         ident = draw(st.sampled_from([str(uuid.uuid4()), "nightly-report:2026-01-01 (eu)", "a", *ODD_IDS]))
-        items.append((task_prefix + ident.encode(), draw(result_value(ident))))
+        if draw(st.integers(0, 4)):
+            items.append((layout.task_prefix + ident.encode(), draw(result_value(ident))))
+        else:  # a group: a uuid, one in capitals, a chord key's suffix, or an id that is no uuid
+            ident = draw(st.sampled_from([str(uuid.uuid4()), str(uuid.uuid4()).upper(), ident]))
+            name = ident + draw(st.sampled_from(["", "", "", ".j", ".t", "x"]))
+            items.append((layout.group_prefix + name.encode(), draw(group_value(ident))))
     return settings, list(dict(items).items())
 
 
@@ -209,7 +259,7 @@ def test_decide_script_agrees_with_the_python_rules(client: redis.Redis, batch: 
     layout = Layout.for_prefixes(settings.key_prefix)
     for (key, value), row in zip(items, rows, strict=True):
         kind, ident = layout.classify(key)
-        assert kind in {Kind.TASK, Kind.MALFORMED}
+        assert kind not in {Kind.OTHER, Kind.PIDBOX_REPLY}
         expected = decide(kind, ident, "string", -1, value, now=NOW, settings=settings)
         if not row.code.dry_run:
             assert row == Handed(key, Code.VALUE, "string", -1, value)  # left to Python, with what INSPECT reads
@@ -246,6 +296,47 @@ def test_decide_script_acts_on_what_celery_writes(client: redis.Redis, settings:
     rows = _run(client, settings, items)
     assert [value for (_key, value), row in zip(items, rows, strict=True) if not row.code.dry_run] == []
     assert {row.code for row in rows} == {Code.SET_TTL, Code.DELETE}
+
+
+def test_decide_script_acts_on_extended_results_failures_and_groups(
+    client: redis.Redis, settings: config.Settings
+) -> None:
+    """result_extended (a worker's dotted hostname), a FAILURE's traceback and a saved group, as Celery's own
+    backend encodes them: decided in Redis, none handed back."""
+    from celery import Celery
+    from celery.app.task import Context
+    from celery.result import AsyncResult, GroupResult
+
+    app = Celery("decide", backend=settings.redis_url, set_as_current=False)
+    app.conf.result_extended = True
+    memory = Celery("members", backend="cache+memory://", set_as_current=False)
+    request = Context(
+        task="billing.tasks.sync",
+        args=[12, "report-2026.csv"],
+        kwargs={"ratio": 0.5, "since": "2026-11-01T00:00:00+00:00"},
+        hostname="celery@ip-10-0-1-23.ec2.internal",
+        retries=1,
+        delivery_info={"routing_key": "billing"},
+    )
+    try:
+        raise ConnectionError("HTTPSConnectionPool(host='api.example.com', port=443): Max retries exceeded")
+    except ConnectionError as exc:
+        error, trace = app.backend.prepare_exception(exc), traceback.format_exc()
+    items = []
+    for i, (state, result, trace_text) in enumerate([("SUCCESS", {"n": 1.5}, None), ("FAILURE", error, trace)] * 3):
+        meta = app.backend._get_result_meta(result, state, trace_text, request)
+        meta["date_done"] = (NOW - dt.timedelta(days=i * 3)).isoformat()
+        ident = str(uuid.uuid4())
+        meta["task_id"] = ident
+        items.append((f"celery-task-meta-{ident}".encode(), app.backend.encode(meta).encode()))
+    for _ in range(3):
+        ident = str(uuid.uuid4())
+        members = [AsyncResult(str(uuid.uuid4()), app=memory) for _ in range(3)]
+        saved = app.backend.encode({"result": GroupResult(ident, members, app=memory).as_tuple()})
+        items.append((f"celery-taskset-meta-{ident}".encode(), saved.encode()))
+    rows = _run(client, settings, items)
+    assert [value for (_key, value), row in zip(items, rows, strict=True) if not row.code.dry_run] == []
+    assert [row.ms for row in rows[-3:]] == [settings.group_ttl * 1000] * 3
 
 
 @pytest.mark.parametrize("zone", ["Asia/Shanghai", "America/New_York", "Asia/Kolkata"])

@@ -1,5 +1,5 @@
--- DECIDE: the retention rules of janitor.sweeps.rules for the common case, evaluated where
--- the values are, so they never cross the network: a JSON task result with no TTL.
+-- DECIDE: the retention rules of janitor.operations.rules for the common case, evaluated where
+-- the values are, so they never cross the network: a JSON task result or saved group with no TTL.
 -- Two ways to get its keys: SCAN them itself (ARGV[1] a cursor: one call per page, no key
 -- crosses the network twice), or KEYS[2..] (ARGV[1] ''; Redis Cluster, where a call's keys
 -- must share a slot, and what a page left over).
@@ -24,9 +24,11 @@
 -- ARGV[16]    '1' when a naive date_done is UTC (JANITOR_NAIVE_TIMEZONE; otherwise naive
 --             dates go to Python)
 -- ARGV[17]    bytes of a too-large value's head and tail to return
+-- ARGV[18]    TTL of a saved group (ms; 0: groups go to Python)
 --
--- Returns {next cursor | '', keys scanned, Celery keys it judged, TTLs set, keys deleted,
--- bytes deleted}, then key, code, detail for each key it hands back (janitor.scripts.Code):
+-- Returns {next cursor | '', keys scanned, Celery keys it judged, task result TTLs set, keys
+-- deleted, bytes deleted, group TTLs set}, then key, code, detail for each key it hands back
+-- (janitor.scripts.Code):
 --   7, pttl    a key under neither prefix, or a Celery name it is unsure of that has a TTL
 --              (janitor.keyspace.Layout judges the name);
 -- a key with no TTL under a prefix that it is not certain about, with what INSPECT would
@@ -49,7 +51,7 @@ local cursor, token, dry = ARGV[1], ARGV[5], ARGV[6] == '1'
 local now, rttl, fttl, pending = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local tol, maxv, tp, gp, budget = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13], ARGV[14], tonumber(ARGV[15])
 local tn, gn = #tp, #gp
-local naive_utc, edge = ARGV[16] == '1', tonumber(ARGV[17])
+local naive_utc, edge, gttl = ARGV[16] == '1', tonumber(ARGV[17]), tonumber(ARGV[18]) or 0
 if not dry and token ~= '' and redis.call('GET', KEYS[1]) ~= token then
   return redis.error_reply('FENCED lease lost before this batch')
 end
@@ -107,12 +109,32 @@ end
 -- escapes both) and no number strtod takes but JSON does not: -.5, 1. and 1.e5,
 -- i.e. a dot after '-', or after a digit and not before one. Anchored patterns:
 -- Lua then runs one tight loop over the value, not a match attempt per byte.
+--
+-- Such a dot inside a string is harmless, and common: 'celery@ip-10-0-1-23.ec2.internal',
+-- 'report-2026.csv'. It is in a string when the run of number bytes (digits + - . e E)
+-- before it starts after a byte no number can follow, e.g. a letter or '@': in JSON that
+-- cjson reads whole, a dot outside strings is part of a number token, and a number token
+-- starts at the text's start, after whitespace or after one of [ , : (or {, which cjson
+-- refuses anyway). The walk back is bounded: a longer run counts as a number.
+local numeric = {[43] = true, [45] = true, [46] = true, [69] = true, [101] = true}
+for c = 48, 57 do numeric[c] = true end
+local opens = {[9] = true, [10] = true, [13] = true, [32] = true, [44] = true, [58] = true, [91] = true, [123] = true}
+local function stringy(v, at)
+  local from = at - 1
+  local stop = from - 64
+  while from >= 1 and numeric[byte(v, from)] do
+    from = from - 1
+    if from < stop then return false end
+  end
+  return from >= 1 and not opens[byte(v, from)]
+end
 local function certain(v)
   if not json or byte(v) ~= 123 or not find(v, '^[\32-\126]*$') then return false end
   local at = find(v, '.', 1, true)
   while at do
     local before, _, after = byte(v, at - 1, at + 1)
-    if before == 45 or (before >= 48 and before <= 57 and not (after and after >= 48 and after <= 57)) then
+    if (before == 45 or (before >= 48 and before <= 57 and not (after and after >= 48 and after <= 57)))
+        and not stringy(v, at) then
       return false
     end
     at = find(v, '.', at + 1, true)
@@ -153,14 +175,26 @@ local function rule(k, at, v)
   if left <= 0 then return 2, #v end
   return 1, left
 end
+-- A saved GroupResult under a uuid (no chord suffix, a name Layout.classify calls a group):
+-- rules.decide gives it the group TTL when json.loads reads a mapping whose result is a
+-- list. cjson reads JSON arrays and objects alike as tables, but an object's keys are
+-- strings, so a table with a first element was a non-empty array (an empty one goes to Python).
+local uuid = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+local function group_rule(k, at, v)
+  if gttl <= 0 or not find(k, uuid, at) then return nil end
+  local ok, m = pcall(json.decode, v)
+  if not ok or type(m) ~= 'table' or type(m.result) ~= 'table' or m.result[1] == nil then return nil end
+  return 1, gttl
+end
 local keys, first, after = KEYS, 2, ''
 if cursor ~= '' then
   local page = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', ARGV[2])
   keys, first, after = page[2], 1, page[1]
 end
 local limit = first + tonum(ARGV[4]) - 1
-local celery, set, deleted, freed = 0, 0, 0, 0
-local out = {after, #keys - first + 1, 0, 0, 0, 0}
+local celery, set, deleted, freed, gset = 0, 0, 0, 0, 0
+local out = {after, #keys - first + 1, 0, 0, 0, 0, 0}
+local head = #out
 local function hand(k, code, x)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3] = k, code, x
@@ -186,8 +220,8 @@ for i = first, #keys do
       elseif #v > maxv then
         local n = redis.call('STRLEN', k)
         code, x = 5, {n, sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
-      elseif task and certain(v) then
-        code, x = rule(k, at, v)
+      elseif certain(v) then
+        if task then code, x = rule(k, at, v) else code, x = group_rule(k, at, v) end
       end
       if code == 1 or code == 2 then
         if dry then
@@ -197,9 +231,15 @@ for i = first, #keys do
         else
           redis.call('PEXPIRE', k, x)
         end
-        if code == 2 then deleted, freed = deleted + 1, freed + x else set = set + 1 end
+        if code == 2 then
+          deleted, freed = deleted + 1, freed + x
+        elseif task then
+          set = set + 1
+        else
+          gset = gset + 1
+        end
       elseif code == 5 then
-        if #x[2] + #x[3] <= budget or #out == 6 then
+        if #x[2] + #x[3] <= budget or #out == head then
           hand(k, code, x)
           budget = budget - #x[2] - #x[3]
         else
@@ -207,7 +247,7 @@ for i = first, #keys do
         end
       elseif code then
         hand(k, code, x)
-      elseif #v <= budget or #out == 6 then
+      elseif #v <= budget or #out == head then
         hand(k, 6, v)
         budget = budget - #v
       else
@@ -216,5 +256,5 @@ for i = first, #keys do
     end
   end
 end
-out[3], out[4], out[5], out[6] = celery, set, deleted, freed
+out[3], out[4], out[5], out[6], out[7] = celery, set, deleted, freed, gset
 return out
