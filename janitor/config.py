@@ -82,10 +82,13 @@ class Settings(BaseModel):
     # daemon (`celery-janitor run`): seconds between runs of each job, random extra
     # delay as a fraction of the interval, the HTTP server, shutdown and lease timing.
     sweep_interval: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
-    census_interval: Annotated[float, Field(gt=0, le=7 * 86400)] = 900.0
-    info_interval: Annotated[float, Field(gt=0, le=86400)] = 30.0
-    broker_interval: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    census_interval: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
+    info_interval: Annotated[float, Field(gt=0, le=86400)] = 120.0
+    broker_interval: Annotated[float, Field(gt=0, le=86400)] = 300.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # Commands a day the daemon may send (0: no budget): it stretches the intervals above to fit
+    # (janitor.service.budget), and says what freshness that buys.
+    daily_command_budget: Annotated[int, Field(ge=0)] = 0
     # Watch mode (janitor.service.watcher): new results get their TTL from keyspace notifications;
     # full passes then run every safety_sweep_interval while it is unbroken, else every sweep_interval.
     watch: Literal["auto", "on", "off"] = "auto"
@@ -93,7 +96,7 @@ class Settings(BaseModel):
     metrics_host: str = ""
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9810
     shutdown_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
-    lease_ttl: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    lease_ttl: Annotated[float, Field(ge=1, le=3600)] = 300.0
     # Abandoned STARTED results (janitor.operations.reap): rewritten to FAILURE (WorkerLostError) once
     # their worker has been silent reap_after seconds and their message is not in unacked.
     reap_abandoned: bool = False

@@ -31,10 +31,10 @@ from janitor.errors import Exit
 from janitor.redis_io import cluster, connection
 from janitor.redis_io.heartbeats import WorkerTracker
 from janitor.redis_io.lease import Change, Keeper, Lease
-from janitor.service import http, probes, scheduler
+from janitor.service import budget, http, probes, scheduler
 from janitor.service import jobs as all_jobs
 from janitor.service.health import RedisHealth
-from janitor.service.jobs import Context, Job
+from janitor.service.jobs import Context, Job, Outcome
 from janitor.service.jobs.results import ResultsJob
 from janitor.service.metrics import Metrics
 from janitor.service.status_book import Live, StatusBook
@@ -94,6 +94,9 @@ class Daemon:
     _completed: set[str] = field(default_factory=set)  # jobs that have finished a full run
     _threads: list[threading.Thread] = field(default_factory=list)
     _http: Any = None
+    costs: budget.Costs = field(default_factory=budget.Costs.empty)  # commands per run, for the budget's plan
+    plan: budget.Plan | None = None
+    _warned_budget: bool = False
 
     @classmethod
     def create(cls, settings: Settings, registry: CollectorRegistry | None = None) -> Daemon:
@@ -121,6 +124,7 @@ class Daemon:
                 self.readiness,
                 lambda: scheduler.next_run(self.scheduler, ResultsJob.name),
                 watch=lambda: self.watcher.status().line(s.sweep_interval, s.safety_sweep_interval),
+                budget=lambda: self.plan.line() if self.plan is not None else "",
             ),
         )
         self.ctx = Context(
@@ -135,6 +139,8 @@ class Daemon:
         )
         self.metrics.gauge("janitor_is_leader").set_function(lambda: float(self.lease.held()))
         self.metrics.gauge("janitor_dry_run").set(int(s.dry_run))
+        if s.daily_command_budget:
+            self.metrics.gauge("janitor_command_budget_daily").set(s.daily_command_budget)
         self.scheduler = scheduler.build(
             [
                 scheduler.Job(job.name, partial(self.run_job, job), job.interval(s), first_run=job.first_run(s))
@@ -219,7 +225,8 @@ class Daemon:
             return
         series, label = _series(job)
         on_results = job.on_results_server(self.settings)
-        started = time.monotonic()
+        started, sent = time.monotonic(), self.metrics.sent_on_this_thread()
+        outcome: Outcome | None = None
         try:
             outcome = job.run(self.ctx)
         except Exception as exc:  # a failed run is reported; the next one is scheduled anyway
@@ -245,6 +252,8 @@ class Daemon:
             return
         finally:
             self.metrics.histogram(f"{series}_duration_seconds").labels(job.name).observe(time.monotonic() - started)
+            full_pass = job.name == ResultsJob.name and outcome is not None and not outcome.skipped
+            self._spent(job, self.metrics.sent_on_this_thread() - sent, full_pass=full_pass)
         if on_results:
             self.health.ok()
         self._failing.pop(job.name, None)
@@ -252,12 +261,45 @@ class Daemon:
             log.info(f"{label}.stopped", **{label: job.name}, stopping=self.ctx.stop.is_set(), **outcome.fields)
             return
         self.metrics.gauge(f"{series}_last_success_timestamp_seconds").labels(job.name).set(time.time())
-        (log.debug if job.quiet else log.info)(f"{label}.finished", **{label: job.name}, **outcome.fields)
+        if outcome.skipped:
+            # What it would have found is what it found last time: as fresh as a run, at no cost.
+            self.metrics.counter(f"{series}_skipped_total").labels(job.name, outcome.skipped).inc()
+            log.debug(f"{label}.skipped", **{label: job.name}, reason=outcome.skipped, **outcome.fields)
+        else:
+            (log.debug if job.quiet else log.info)(f"{label}.finished", **{label: job.name}, **outcome.fields)
         if job.name not in self._completed:
             self._completed.add(job.name)
             for later in self.jobs:
                 if later.first_after == job.name:
                     scheduler.run_soon(self.scheduler, later.name)
+
+    # --- the daily command budget ---------------------------------------------
+
+    def _spent(self, job: Job, commands: int, *, full_pass: bool) -> None:
+        """Record what a run sent and, under a budget, plan the intervals again."""
+        s = self.settings
+        if not s.daily_command_budget:
+            return
+        self.costs.ran(job.name, commands, full_pass=full_pass)
+        lease_daily = budget.DAY / (s.lease_ttl / 3)
+        plan = budget.plan(
+            s.daily_command_budget,
+            {j.name: j.interval(s) for j in self.jobs},
+            self.costs,
+            lease_daily=lease_daily,
+            sweep=ResultsJob.name,
+        )
+        before = self.plan.intervals if self.plan is not None else {j.name: j.interval(s) for j in self.jobs}
+        self.plan = plan
+        for name, interval in plan.intervals.items():
+            self.metrics.gauge("janitor_job_planned_interval_seconds").labels(name).set(interval)
+            if abs(interval - before[name]) > 0.1 * before[name]:
+                scheduler.reschedule(self.scheduler, name, interval, jitter=s.jitter)
+        self.metrics.gauge("janitor_commands_planned_daily").set(plan.daily)
+        warning = plan.warning(lease_daily, self.costs.full_pass)
+        if warning and not self._warned_budget:
+            log.warning("budget.too_small", detail=warning)
+        self._warned_budget = bool(warning)
 
     def _overrun(self, name: str) -> None:
         series, label = _series(self.job(name))

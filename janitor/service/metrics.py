@@ -59,6 +59,12 @@ def _job(label: str, what: str) -> dict[str, Def]:
         f"{prefix}_overruns_total": Def(
             "counter", f"Scheduled runs of a {what} skipped because its previous run was still going.", name
         ),
+        f"{prefix}_skipped_total": Def(
+            "counter",
+            f"Scheduled runs of a {what} not needed: Redis counted no write that could give it work, or watch mode"
+            " covers it (reason).",
+            (*name, "reason"),
+        ),
     }
 
 
@@ -88,6 +94,15 @@ METRICS: dict[str, Def] = {
     "janitor_is_leader": Def("gauge", "1 while this instance holds the sweep lease, else 0."),
     "janitor_lease_acquisitions_total": Def("counter", "Times this instance acquired the sweep lease."),
     "janitor_dry_run": Def("gauge", "1 when the janitor writes nothing (JANITOR_DRY_RUN)."),
+    "janitor_command_budget_daily": Def("gauge", "JANITOR_DAILY_COMMAND_BUDGET: commands a day the janitor may send."),
+    "janitor_commands_planned_daily": Def(
+        "gauge", "Commands a day the planned intervals add up to, at each job's measured cost per run."
+    ),
+    "janitor_job_planned_interval_seconds": Def(
+        "gauge",
+        "Seconds between runs of each job as the command budget plans them (the freshness it buys).",
+        ("job_name",),
+    ),
     "janitor_build_info": Def("gauge", "Always 1; the version as a label.", ("version",)),
     # The guards raise unacked_index scores so kombu's own restore waits (eta: held ETA messages; running).
     "janitor_rescored_total": Def("counter", "unacked_index scores raised by a guard", ("guard",)),
@@ -205,6 +220,7 @@ class Metrics:
         self.gauge("janitor_build_info").labels(__version__).set(1)
         self.seen = Seen()
         registry.register(self.seen)
+        self._sent = threading.local()
 
     def counter(self, name: str) -> Counter:
         metric = self._live[name]
@@ -225,6 +241,11 @@ class Metrics:
         for command, n in commands.items():
             if n:
                 self.counter("janitor_redis_commands_total").labels(command).inc(n)
+        self._sent.n = self.sent_on_this_thread() + sum(commands.values())
+
+    def sent_on_this_thread(self) -> int:
+        """Commands counted so far by the calling thread: a job's own, since each run has one thread."""
+        return int(getattr(self._sent, "n", 0))
 
     def restored(self, report: RestoreReport) -> None:
         if report.dry_run:

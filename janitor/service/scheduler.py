@@ -71,3 +71,9 @@ def shutdown(scheduler: BackgroundScheduler, **kwargs: Any) -> None:
     """Stop scheduling and wait for running jobs (the caller bounds the wait)."""
     if scheduler.running:
         scheduler.shutdown(**kwargs)
+
+
+def reschedule(scheduler: BackgroundScheduler, job_id: str, interval: float, *, jitter: float) -> None:
+    """Run a job every ``interval`` seconds from now on (its next run moves with it)."""
+    if scheduler.get_job(job_id) is not None:
+        scheduler.reschedule_job(job_id, trigger=IntervalTrigger(seconds=interval, jitter=interval * jitter or None))

@@ -34,6 +34,7 @@ class Live:
     ready: Callable[[], tuple[bool, str]]  # what /readyz answers
     next_sweep: Callable[[], dt.datetime | None]
     watch: Callable[[], str] | None = None  # watch mode or full passes only, and why
+    budget: Callable[[], str] | None = None  # JANITOR_DAILY_COMMAND_BUDGET's plan, when one is set
 
 
 @dataclass
@@ -84,6 +85,7 @@ class StatusBook:
                 live.leader(),
                 next_sweep=live.next_sweep(),
                 watch=live.watch() if live.watch is not None else None,
+                budget=live.budget() if live.budget is not None else None,
             )
         not_read = "not checked yet"
         if banner is not None and banner.redis.up is False:

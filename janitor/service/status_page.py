@@ -71,6 +71,7 @@ class Banner:
     info_at: dt.datetime | None = None
     next_sweep: dt.datetime | None = None
     watch: str | None = None  # the results sweep's mode: watch, or full passes only and why
+    budget: str | None = None  # the daily command budget and the intervals it buys
 
 
 @dataclass
@@ -207,6 +208,8 @@ def _banner(b: Banner, runs: Sequence[SweepRun], now: dt.datetime) -> str:
     rows.append(("Next sweep", _next_sweep(b, now)))
     if b.watch is not None:
         rows.append(("Watch mode", b.watch if b.leader else "on the leader"))
+    if b.budget:
+        rows.append(("Command budget", b.budget))
     body = "".join(f"<tr><th scope=row>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<div class='banner {tone}' id=banner><p class=head>{_e(head)}</p><table>{body}</table></div>"
 

@@ -15,6 +15,7 @@ from janitor.config import Settings
 from janitor.redis_io.heartbeats import WorkerTracker
 from janitor.redis_io.lease import Lease
 from janitor.service.metrics import Metrics
+from janitor.service.readings import Readings
 from janitor.service.status_book import StatusBook
 from janitor.service.watcher import Watcher
 
@@ -32,7 +33,14 @@ class Context:
     workers: WorkerTracker
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time
+    # The newest INFO reading of each server: what tells a job whether anything was written since its last run.
+    readings: Readings = field(default_factory=Readings)
+    broker_readings: Readings | None = None  # the broker's, when it is apart; else ``readings``
     watch: Watcher | None = None  # watch mode's listener, while this instance leads (JANITOR_WATCH)
+
+    def __post_init__(self) -> None:
+        if self.broker_readings is None:
+            self.broker_readings = self.readings if self.broker is self.client else Readings()
 
     def should_stop(self) -> bool:
         """Checked between batches: shutting down, or the lease may have lapsed locally (the fence
@@ -46,6 +54,7 @@ class Outcome:
 
     fields: Mapping[str, Any] = field(default_factory=dict)
     completed: bool = True
+    skipped: str = ""  # why the run had nothing to do and sent (almost) nothing: a label of *_skipped_total
 
 
 class Job(abc.ABC):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from janitor.config import Settings
 from janitor.operations import beat
+from janitor.operations.writes import BROKER_WRITES
 from janitor.redis_io import scripts
 from janitor.reports import findings
 from janitor.service.jobs.base import Context, Job, Outcome
+from janitor.service.jobs.broker import REFRESH_S
+from janitor.service.readings import Unchanged
 
 log = structlog.get_logger("janitor.jobs.beat")
 
@@ -22,12 +27,23 @@ class BeatJob(Job):
         # RedBeat lives with the broker (redbeat_redis_url defaults to broker_url).
         return not settings.broker_apart
 
+    def __init__(self) -> None:
+        self.unchanged = Unchanged(BROKER_WRITES, refresh=REFRESH_S)
+
     def run(self, ctx: Context) -> Outcome:
         tally = scripts.Tally()
+        started = time.monotonic()
+        readings = ctx.broker_readings or ctx.readings
         try:
+            reason = self.unchanged.why_skip(readings, ctx.broker, tally, started)
+            if reason:
+                return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
+            before = readings.latest()
             report = beat.check(ctx.broker, ctx.settings, now=ctx.clock(), tally=tally)
         finally:
             ctx.metrics.add_commands(tally.commands)
+        # Without a schedule there is nothing to fall overdue: only a write can start one.
+        self.unchanged.ran(started, before, reusable=not report.present)
         if ctx.lease.held():
             ctx.metrics.beat_seen(report)
         ctx.book.checked_beat(report)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
 
 from janitor.config import Settings
 from janitor.operations import broker, dead_letters, queues
+from janitor.operations.writes import BROKER_WRITES
 from janitor.redis_io import scripts
 from janitor.reports import findings
 from janitor.service.jobs.base import Context, Job, Outcome
+from janitor.service.readings import Unchanged
 
 log = structlog.get_logger("janitor.jobs.broker")
+
+# A check that found nothing waiting is re-read at least this often even when Redis counted no
+# write: broker keys with a TTL (reply queues) can go without one.
+REFRESH_S = 3600.0
 
 
 class BrokerJob(Job):
@@ -25,6 +32,7 @@ class BrokerJob(Job):
         self.sightings = broker.Sightings(min_gap=settings.broker_interval / 2)
         self.warned: set[str] = set()  # tasks already logged as running past the visibility timeout
         self.heads = queues.HeadWatch()
+        self.unchanged = Unchanged(BROKER_WRITES, refresh=REFRESH_S)
 
     def first_run(self, settings: Settings) -> float:
         return min(self.interval(settings), 5.0)
@@ -35,7 +43,15 @@ class BrokerJob(Job):
 
     def run(self, ctx: Context) -> Outcome:
         tally = scripts.Tally()
-        now = ctx.clock()
+        now, started = ctx.clock(), time.monotonic()
+        readings = ctx.broker_readings or ctx.readings
+        try:
+            reason = self.unchanged.why_skip(readings, ctx.broker, tally, started)
+        finally:
+            ctx.metrics.add_commands(tally.commands)
+        if reason:
+            return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
+        before = readings.latest()
         try:
             report = broker.detect(
                 ctx.broker,
@@ -70,6 +86,7 @@ class BrokerJob(Job):
         if restored is not None:
             ctx.metrics.restored(restored)
             fields["restore"] = restored.as_dict()
+        self.unchanged.ran(started, before, reusable=_quiet(report))
         return Outcome(fields)
 
     def _dead_letters(
@@ -100,3 +117,14 @@ class BrokerJob(Job):
                 fix="raise visibility_timeout above your longest task: kombu will redeliver it",
             )
         self.warned = set(overdue)
+
+
+def _quiet(report: broker.BrokerReport) -> bool:
+    """Nothing in the check changes with time alone: no message delivered or waiting, no dead letter
+    (their ages are what the findings and the trim judge), nothing left unread."""
+    return not (
+        report.unacked_total
+        or any(q.total for q in report.queues)
+        or any(report.dead_letters.values())
+        or report.truncated
+    )

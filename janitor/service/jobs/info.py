@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from janitor.config import Settings
-from janitor.redis_io import cluster
+from janitor.redis_io import cluster, scripts
 from janitor.service.jobs.base import Context, Job, Outcome
+from janitor.service.readings import read_info
 
 
 class InfoJob(Job):
@@ -19,13 +22,18 @@ class InfoJob(Job):
         return 0.0
 
     def run(self, ctx: Context) -> Outcome:
-        try:
-            if isinstance(ctx.client, cluster.LazyCluster):
+        if isinstance(ctx.client, cluster.LazyCluster):
+            try:
                 info = ctx.client.info_where(ctx.lease.key)
-            else:
-                info = ctx.client.info()
-        finally:
-            ctx.metrics.add_commands({"INFO": 1})
+            finally:
+                ctx.metrics.add_commands({"INFO": 1})
+        else:
+            tally, at = scripts.Tally(), time.monotonic()
+            try:
+                info = read_info(ctx.client, tally)
+            finally:
+                ctx.metrics.add_commands(tally.commands)
+            ctx.readings.record(info, at)  # what tells the other jobs whether anything was written since
         ctx.metrics.seen.update(info=info)
         ctx.book.read_info(info)
         if info.get("role", "master") != "master":

@@ -1,13 +1,71 @@
-"""The results sweep: TTLs for Celery's result keys, stale ones deleted (``janitor.operations.sweep``)."""
+"""The results sweep: TTLs for Celery's result keys, stale ones deleted (``janitor.operations.sweep``).
+
+A pass is skipped, at no cost, when it cannot find anything the last one did not
+(:func:`why_skip`): watch mode has judged every key written since, or Redis's own
+command counters show that no command that could write a result ran since.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from janitor.config import Settings
-from janitor.operations.sweep import sweep, sweep_cluster
+from janitor.operations.sweep import SweepReport, sweep, sweep_cluster
+from janitor.operations.writes import RESULT_WRITES, Mark
+from janitor.redis_io import scripts
 from janitor.service.jobs.base import Context, Job, Outcome
 from janitor.service.metrics import SweepRecorder
+
+# Skips whose key can become one the rules act on without anything being written:
+# a date_done in the future gets due with time.
+TIME_DEPENDENT_SKIPS = frozenset({"future_date_done", "moved"})
+
+
+@dataclass(frozen=True)
+class LastPass:
+    """The last full pass this instance completed: when it started, and what Redis had counted before it."""
+
+    started: float  # time.monotonic()
+    epoch: int  # the lease's epoch it ran under
+    mark: Mark | None  # the newest reading taken before it started
+    revisit: bool  # it left keys that time alone can make due
+
+    @classmethod
+    def of(cls, report: SweepReport, started: float, epoch: int, mark: Mark | None) -> LastPass:
+        return cls(started, epoch, mark, any(report.skipped[r] for r in TIME_DEPENDENT_SKIPS))
+
+
+def why_skip(
+    last: LastPass | None,
+    settings: Settings,
+    *,
+    now: float,
+    epoch: int,
+    watching_since: float | None,
+    mark: Callable[[], Mark | None],
+) -> str:
+    """The reason this pass is not needed, or "" to run it.
+
+    Sound because a result key needs work only once it exists without a TTL (or, in cap mode,
+    with too long a one): after a complete pass every key it could act on has been acted on,
+    and a key can only become one again through a write. Watch mode judges every key written
+    while it is unbroken; without it, the command counters prove no such write ran
+    (:mod:`janitor.operations.writes`). ``mark`` is asked last, so it costs nothing when the
+    answer is already known.
+    """
+    if last is None or epoch != last.epoch or now - last.started >= settings.safety_sweep_interval:
+        return ""
+    if settings.dry_run or last.revisit:  # what a dry run reports changes with time alone
+        return ""
+    if watching_since is not None and watching_since <= last.started:
+        return "watching"
+    if settings.cap_ttl or settings.redis_cluster or last.mark is None:
+        return ""
+    latest = mark()
+    return "no_writes" if latest is not None and latest.unchanged_since(last.mark, RESULT_WRITES) else ""
 
 
 class ResultsJob(Job):
@@ -16,10 +74,34 @@ class ResultsJob(Job):
     series: ClassVar[Literal["sweep", "job"]] = "sweep"
     readiness = True
 
+    def __init__(self) -> None:
+        self.last: LastPass | None = None
+
     def first_run(self, settings: Settings) -> float:
         return self.interval(settings)  # and at once when the lease is taken
 
     def run(self, ctx: Context) -> Outcome:
+        now, epoch = time.monotonic(), ctx.lease.epoch
+        tally = scripts.Tally()
+        last = self.last
+
+        def mark() -> Mark | None:
+            assert last is not None
+            try:
+                return ctx.readings.after(last.started, ctx.client, tally).mark
+            finally:
+                ctx.metrics.add_commands(tally.commands)
+
+        watch = ctx.watch.unbroken_since() if ctx.watch is not None else None
+        reason = why_skip(last, ctx.settings, now=now, epoch=epoch, watching_since=watch, mark=mark)
+        if reason:
+            return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
+        before = ctx.readings.latest()
+        report = self._pass(ctx)
+        self.last = LastPass.of(report, now, epoch, before.mark if before else None) if report.completed else None
+        return Outcome(report.as_dict(), completed=report.completed)
+
+    def _pass(self, ctx: Context) -> SweepReport:
         recorder = SweepRecorder(ctx.metrics, self.name)
         if ctx.settings.redis_cluster:
             report = sweep_cluster(ctx.settings, fence=ctx.lease.fence, should_stop=ctx.should_stop, on_batch=recorder)
@@ -29,4 +111,4 @@ class ResultsJob(Job):
             )
         recorder(report)
         ctx.book.swept(report)
-        return Outcome(report.as_dict(), completed=report.completed)
+        return report

@@ -1,0 +1,87 @@
+"""The latest INFO reading of a server, shared by the jobs that ask whether it was written to.
+
+The INFO job takes a reading every ``JANITOR_INFO_INTERVAL``; a job that wants to know
+whether anything was written since its last run uses that reading when it is newer than
+the run, and reads INFO itself (one command) only when it is not.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from janitor.operations.writes import Mark
+from janitor.redis_io import scripts
+
+
+@dataclass(frozen=True)
+class Reading:
+    at: float  # time.monotonic() when INFO was sent
+    mark: Mark | None
+
+
+class Readings:
+    """The newest reading of one server; safe to share between job threads."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._latest: Reading | None = None
+        self._lock = threading.Lock()
+
+    def record(self, info: Mapping[str, Any], at: float) -> None:
+        reading = Reading(at, Mark.of(info))
+        with self._lock:
+            if self._latest is None or at >= self._latest.at:
+                self._latest = reading
+
+    def latest(self) -> Reading | None:
+        with self._lock:
+            return self._latest
+
+    def after(self, when: float, client: redis.Redis, tally: scripts.Tally) -> Reading:
+        """A reading taken after ``when``: the newest one if it is, else a new one."""
+        latest = self.latest()
+        if latest is not None and latest.at > when:
+            return latest
+        at = self.clock()
+        self.record(read_info(client, tally), at)
+        return self.latest() or Reading(at, None)
+
+
+def read_info(client: redis.Redis, tally: scripts.Tally) -> dict[str, Any]:
+    """``INFO everything`` (memory, keyspace and the command counters in one reply); plain INFO on a
+    server that refuses the section name."""
+    tally.commands["INFO"] += 1
+    try:
+        return dict(client.info("everything"))
+    except redis.ResponseError:
+        tally.commands["INFO"] += 1
+        return dict(client.info())
+
+
+@dataclass
+class Unchanged:
+    """For a read-only job whose last findings change only through writes: its runs are skipped while
+    Redis counts none of ``commands``, and it runs at least every ``refresh`` seconds (keys that
+    expire change what it reads without a command)."""
+
+    commands: frozenset[str]
+    refresh: float
+    _last: tuple[float, Mark] | None = None  # start of the last run that can stand in, and the mark before it
+
+    def why_skip(self, readings: Readings, client: redis.Redis, tally: scripts.Tally, now: float) -> str:
+        if self._last is None or now - self._last[0] >= self.refresh:
+            return ""
+        started, mark = self._last
+        latest = readings.after(started, client, tally).mark
+        return "no_writes" if latest is not None and latest.unchanged_since(mark, self.commands) else ""
+
+    def ran(self, started: float, before: Reading | None, *, reusable: bool) -> None:
+        """Record a run that started at ``started`` with ``before`` the newest reading then; ``reusable``:
+        nothing it found changes with time alone."""
+        self._last = (started, before.mark) if reusable and before is not None and before.mark else None

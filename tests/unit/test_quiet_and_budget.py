@@ -1,0 +1,171 @@
+"""The skip rule (from Redis's command counters) and the daily command budget's plan: pure parts."""
+
+from __future__ import annotations
+
+import collections
+from typing import ClassVar
+
+import pytest
+
+from janitor.config import Settings
+from janitor.operations.sweep import SweepReport
+from janitor.operations.writes import BROKER_WRITES, RESULT_WRITES, Mark
+from janitor.service import budget
+from janitor.service.jobs.results import LastPass, why_skip
+
+
+def info(run_id: str = "r1", **calls: int) -> dict[str, object]:
+    return {"run_id": run_id, **{f"cmdstat_{name}": {"calls": n, "usec": 1} for name, n in calls.items()}}
+
+
+def mark(run_id: str = "r1", **calls: int) -> Mark:
+    found = Mark.of(info(run_id, **calls))
+    assert found is not None
+    return found
+
+
+class TestMark:
+    def test_counters_read_from_info(self) -> None:
+        assert mark(set=3, get=9).calls == {"set": 3, "get": 9}
+
+    def test_no_command_stats_or_no_run_id_gives_no_mark(self) -> None:
+        assert Mark.of({"run_id": "r1", "used_memory": 5}) is None
+        assert Mark.of({"cmdstat_set": {"calls": 1}}) is None
+
+    def test_unchanged_only_when_no_listed_command_ran(self) -> None:
+        before = mark(set=3, get=9, pexpire=1)
+        assert mark(set=3, get=50, pexpire=7).unchanged_since(before, RESULT_WRITES)  # reads, renewals
+        assert not mark(set=4, get=9).unchanged_since(before, RESULT_WRITES)
+        assert not mark(set=3, get=9, persist=1).unchanged_since(before, RESULT_WRITES)  # a TTL taken away
+
+    def test_another_server_or_a_restart_is_never_unchanged(self) -> None:
+        assert not mark("r2", set=3).unchanged_since(mark("r1", set=3), RESULT_WRITES)
+
+    def test_a_reset_of_the_counters_is_a_change(self) -> None:
+        assert not mark(set=0).unchanged_since(mark(set=3), RESULT_WRITES)
+
+    def test_broker_writes_include_what_kombu_does_but_not_ttl_renewals(self) -> None:
+        assert {"lpush", "brpop", "hset", "zadd", "hdel", "zrem", "sadd", "set", "del"} <= BROKER_WRITES
+        assert "pexpire" not in BROKER_WRITES
+        assert "evalsha" not in BROKER_WRITES
+
+
+def settings(**kw: object) -> Settings:
+    return Settings(redis_url="redis://x/0", **kw)  # type: ignore[arg-type]
+
+
+def last(started: float = 100.0, *, epoch: int = 1, revisit: bool = False, m: Mark | None = None) -> LastPass:
+    return LastPass(started, epoch, m if m is not None else mark(set=3), revisit)
+
+
+def skip(lp: LastPass | None, s: Settings | None = None, **kw: object) -> str:
+    args: dict[str, object] = {"now": 200.0, "epoch": 1, "watching_since": None, "mark": lambda: mark(set=3)}
+    args.update(kw)
+    return why_skip(lp, s or settings(), **args)  # type: ignore[arg-type]
+
+
+class TestWhySkip:
+    def test_first_pass_always_runs(self) -> None:
+        asked = []
+        assert skip(None, mark=lambda: asked.append(1)) == ""
+        assert not asked  # no INFO spent to learn it
+
+    def test_no_writes_since_the_last_pass_skips(self) -> None:
+        assert skip(last()) == "no_writes"
+
+    def test_a_write_since_runs(self) -> None:
+        assert skip(last(), mark=lambda: mark(set=4)) == ""
+
+    def test_no_reading_runs(self) -> None:
+        assert skip(last(), mark=lambda: None) == ""
+        assert skip(LastPass(100.0, 1, None, False)) == ""
+
+    def test_watch_mode_unbroken_since_before_the_pass_skips_even_with_writes(self) -> None:
+        assert skip(last(), watching_since=99.0, mark=lambda: mark(set=400)) == "watching"
+
+    def test_watch_mode_started_after_the_pass_does_not_cover_it(self) -> None:
+        assert skip(last(), watching_since=101.0, mark=lambda: mark(set=400)) == ""
+
+    def test_the_safety_pass_runs_whatever_the_counters(self) -> None:
+        s = settings(safety_sweep_interval=3600)
+        assert skip(last(100.0), s, now=100.0 + 3599) == "no_writes"
+        assert skip(last(100.0), s, now=100.0 + 3600) == ""
+        assert skip(last(100.0), s, now=100.0 + 3600, watching_since=0.0) == ""
+
+    def test_a_new_lease_epoch_runs(self) -> None:
+        assert skip(last(epoch=1), epoch=2) == ""
+
+    @pytest.mark.parametrize("reason", ["future_date_done", "moved"])
+    def test_keys_time_can_make_due_keep_passes_running(self, reason: str) -> None:
+        report = SweepReport(dry_run=False)
+        report.skipped = collections.Counter({reason: 1})
+        pass_ = LastPass.of(report, 100.0, 1, mark(set=3))
+        assert pass_.revisit
+        assert skip(pass_) == ""
+        assert skip(pass_, watching_since=0.0) == ""
+
+    def test_keys_skipped_for_good_do_not(self) -> None:
+        report = SweepReport(dry_run=False)
+        report.skipped = collections.Counter({"not_json": 5, "too_large": 1})
+        assert skip(LastPass.of(report, 100.0, 1, mark(set=3))) == "no_writes"
+
+    @pytest.mark.parametrize("kw", [{"dry_run": True}, {"cap_ttl": True}])
+    def test_dry_run_and_cap_mode_run_every_pass(self, kw: dict[str, object]) -> None:
+        assert skip(last(), settings(**kw)) == ""
+
+
+class TestBudgetPlan:
+    configured: ClassVar[dict[str, float]] = {"results": 300.0, "broker": 300.0, "redis_info": 120.0, "census": 3600.0}
+
+    def costs(self, **per_run: float) -> budget.Costs:
+        c = budget.Costs.empty()
+        for job, n in per_run.items():
+            c.per_run[job] = n
+        c.full_pass = per_run.get("results", 0.0)
+        return c
+
+    def test_a_budget_that_fits_keeps_the_settings(self) -> None:
+        p = budget.plan(
+            10_000,
+            self.configured,
+            self.costs(results=1, broker=2, redis_info=1, census=6),
+            lease_daily=864,
+            sweep="results",
+        )
+        assert p.intervals == self.configured
+        assert p.factor == 1.0
+        assert p.fits
+        assert p.daily == pytest.approx(864 + 288 + 576 + 720 + 144)
+
+    def test_a_tight_budget_stretches_every_interval_by_one_factor_and_fits(self) -> None:
+        c = self.costs(results=10, broker=8, redis_info=1, census=6)
+        p = budget.plan(3_000, self.configured, c, lease_daily=864, sweep="results")
+        assert p.daily <= 3_000
+        assert p.daily > 2_900
+        assert p.factor > 1
+        for job, interval in p.intervals.items():
+            assert interval == pytest.approx(min(self.configured[job] * p.factor, budget.DAY))
+
+    def test_no_interval_beyond_a_day_and_a_warning_when_a_pass_a_day_does_not_fit(self) -> None:
+        c = self.costs(results=5_000, broker=8, redis_info=1, census=5_000)
+        p = budget.plan(3_000, self.configured, c, lease_daily=864, sweep="results")
+        assert not p.fits
+        assert max(p.intervals.values()) <= budget.DAY
+        warning = p.warning(864, c.full_pass)
+        assert "JANITOR_DAILY_COMMAND_BUDGET=3000" in warning
+        assert "10,873" in warning
+        assert "too small" in p.line()
+
+    def test_unmeasured_jobs_keep_their_interval(self) -> None:
+        p = budget.plan(1_000, self.configured, self.costs(broker=50), lease_daily=0, sweep="results")
+        assert p.intervals["results"] == 300.0
+        assert p.intervals["broker"] > 300.0
+
+    def test_running_average_of_costs(self) -> None:
+        c = budget.Costs.empty()
+        c.ran("broker", 10)
+        c.ran("broker", 0)
+        assert c.per_run["broker"] == pytest.approx(7.0)
+        c.ran("results", 40, full_pass=True)
+        c.ran("results", 0)
+        assert c.full_pass == 40.0
