@@ -68,7 +68,14 @@ class Monitor(threading.Thread):
                     return
                 if event["client_type"] == "lua":
                     continue
-                self.seen.append((time.monotonic(), str(event["client_address"]), event["command"].split(" ")[0]))
+                self.seen.append((time.monotonic(), str(event["client_address"]), str(event["command"])))
+
+
+def _name(command: str) -> str:
+    """MONITOR's command line to the command's name (SCRIPT LOAD and CLIENT SETINFO keep their subcommand)."""
+    words = command.split(" ")
+    name = words[0]
+    return f"{name} {words[1].upper()}" if name in {"SCRIPT", "CLIENT", "CONFIG"} and len(words) > 1 else name
 
 
 def main() -> int:
@@ -78,6 +85,7 @@ def main() -> int:
     parser.add_argument("--results", type=int, default=5000)
     parser.add_argument("--engine", default="")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the daemon, repeatable")
+    parser.add_argument("--trace", action="store_true", help="also list every steady-state command")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
 
@@ -114,8 +122,8 @@ def main() -> int:
             proc.wait(30)
             monitor.stop.set()
         window = time.monotonic() - t0
-        warm = collections.Counter(cmd for t, _, cmd in monitor.seen if t - t0 < args.warmup)
-        steady = collections.Counter(cmd for t, _, cmd in monitor.seen if args.warmup <= t - t0 <= window)
+        warm = collections.Counter(_name(cmd) for t, _, cmd in monitor.seen if t - t0 < args.warmup)
+        steady = collections.Counter(_name(cmd) for t, _, cmd in monitor.seen if args.warmup <= t - t0 <= window)
         per_day = 86400 / max(window - args.warmup, 1)
         print(f"log: {log_path}; window {window / 60:.1f} min, steady state after {args.warmup:.0f} s")
         print(f"{'command':<16} {'start-up':>9} {'steady':>7} {'per day':>8}")
@@ -124,6 +132,10 @@ def main() -> int:
         total = sum(steady.values())
         print(f"{'total':<16} {sum(warm.values()):>9} {total:>7} {total * per_day:>8.0f}")
         print(f"command line: python bench/idle_commands.py {shlex.join(sys.argv[1:])}")
+        if args.trace:
+            for t, address, cmd in monitor.seen:
+                if t - t0 >= args.warmup:
+                    print(f"  {t - t0:8.1f} s  {address:<22} {cmd[:100]}")
     return 0
 
 

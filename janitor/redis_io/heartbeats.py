@@ -86,6 +86,10 @@ class WorkerTracker:
         self._since: float | None = None  # when the current subscription was confirmed
         self._until: float | None = None  # when stop() was called: a stopped tracker hears nothing
         self.events = 0
+        # The subscription's socket drops the moment Redis goes away, and costs no command to
+        # watch: the daemon hears of an outage here before its next command would fail.
+        self.on_lost: Callable[[BaseException], None] = lambda _exc: None
+        self.on_back: Callable[[], None] = lambda: None
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, source: ClientSource, settings: Settings) -> WorkerTracker:
@@ -176,14 +180,16 @@ class WorkerTracker:
                         if down:
                             down = False
                             log.info("heartbeats.reconnected")
+                            self.on_back()
                     if message and message.get("type") == "pmessage" and isinstance(message["data"], bytes):
                         event = parse_event(message["data"])
                         if event is not None:
                             self.record(event, self._clock())
             except Exception as exc:  # noqa: BLE001 - the listener thread must outlive any one failure
-                if not down:
+                if not down and not self._stop.is_set():
                     down = True
                     log.warning("heartbeats.disconnected", error=errors.classify(exc).message, retrying=True)
+                    self.on_lost(exc)
                 self._since = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)

@@ -139,6 +139,12 @@ class Keeper:
     on_success: Callable[[], None]
     on_error: Callable[[BaseException], None]
     max_backoff: float = 30.0
+    _nudged: threading.Event = field(default_factory=threading.Event)
+
+    def nudge(self) -> None:
+        """Renew (or find the lease gone) now rather than at the next turn: Redis came back, a
+        script was fenced, or the daemon is stopping."""
+        self._nudged.set()
 
     def run(self) -> None:
         failures = 0
@@ -153,7 +159,8 @@ class Keeper:
                 failures = 0
                 self.on_success()
                 self.on_change(change)
-            self.stop.wait(delay)
+            self._nudged.wait(delay)
+            self._nudged.clear()
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="janitor-lease", daemon=True)

@@ -35,6 +35,7 @@ from janitor.service import budget, http, probes, scheduler
 from janitor.service import jobs as all_jobs
 from janitor.service.health import RedisHealth
 from janitor.service.jobs import Context, Job, Outcome
+from janitor.service.jobs.info import InfoJob
 from janitor.service.jobs.results import ResultsJob
 from janitor.service.metrics import Metrics
 from janitor.service.status_book import Live, StatusBook
@@ -94,6 +95,7 @@ class Daemon:
     _completed: set[str] = field(default_factory=set)  # jobs that have finished a full run
     _threads: list[threading.Thread] = field(default_factory=list)
     _http: Any = None
+    keeper: Keeper | None = None
     costs: budget.Costs = field(default_factory=budget.Costs.empty)  # commands per run, for the budget's plan
     plan: budget.Plan | None = None
     _warned_budget: bool = False
@@ -162,10 +164,15 @@ class Daemon:
         # Heartbeats are pub/sub: listening from the start is what lets the
         # broker check tell a dead worker from one we have not heard yet.
         if not s.redis_cluster:
+            if not s.broker_apart:
+                # The listener's socket is the first to know Redis went away or came back: one INFO
+                # then says which (a killed connection is not an outage).
+                self.workers.on_lost = lambda _exc: self._run_soon(InfoJob.name)
+                self.workers.on_back = self._redis_back
             self.workers.start(s.broker_url or s.redis_url, s)
         self.scheduler.start()
-        keeper = Keeper(self.lease, self.ctx.stop, self._lease_changed, self._lease_ok, self._lease_failed)
-        self._threads = [http_thread, keeper.start()]
+        self.keeper = Keeper(self.lease, self.ctx.stop, self._lease_changed, self._lease_ok, self._lease_failed)
+        self._threads = [http_thread, self.keeper.start()]
         host, port = self._http.server_address[:2]
         host = f"[{host}]" if ":" in host else host
         log.info(
@@ -184,7 +191,9 @@ class Daemon:
     def stop(self) -> int:
         """Finish the running batch, release the lease, stop serving; 0 when all that fit the timeout."""
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        self.ctx.stop.set()  # sweeps stop at the next batch boundary, the keeper wakes up
+        self.ctx.stop.set()  # sweeps stop at the next batch boundary
+        if self.keeper is not None:
+            self.keeper.nudge()
         waiter = threading.Thread(target=scheduler.shutdown, args=(self.scheduler,), kwargs={"wait": True}, daemon=True)
         waiter.start()
         waiter.join(max(0.0, deadline - time.monotonic()))
@@ -239,6 +248,8 @@ class Daemon:
             if job.quiet and failure.unreachable:
                 pass  # a frequent job says no more than "redis.down" while Redis is away
             elif failure.label == "fenced":
+                if self.keeper is not None:
+                    self.keeper.nudge()  # the lease is gone from Redis: find out now, not at the next renewal
                 log.warning(f"{label}.fenced", **{label: job.name}, detail=failure.message, epoch=self.lease.epoch)
             else:
                 internal = failure.label == "internal"
@@ -332,6 +343,12 @@ class Daemon:
     def _flush_lease_commands(self) -> None:
         self.metrics.add_commands(self.lease.tally.commands)
         self.lease.tally.commands.clear()
+
+    def _redis_back(self) -> None:
+        """Redis answers again (it may have restarted empty, the lease with it): check both now."""
+        if self.keeper is not None:
+            self.keeper.nudge()
+        self._run_soon(InfoJob.name)
 
     def _run_soon(self, name: str) -> None:
         if self.scheduler.running:

@@ -771,3 +771,26 @@ def test_restore_under_faults(stack: contextlib.ExitStack) -> None:
     assert client.llen("celery") + client.llen("janitor.dead.celery") == n
     assert mid >= 3  # at least some kills really landed between two messages
     TALLY["restore_kills_mid_restore"] += mid
+
+
+def test_outage_noticed_at_once_with_the_default_intervals(
+    stack: contextlib.ExitStack, spawn: Callable[..., Janitor]
+) -> None:
+    """With the default intervals the daemon sends a command every minute or two, yet /readyz turns
+    503 within seconds of Redis dying and 200 within seconds of its return: the heartbeat listener's
+    socket hears both, and one INFO confirms each."""
+    server = start_server(stack, engine(0))
+    janitor = spawn(
+        server.url,
+        JANITOR_SWEEP_INTERVAL="300",
+        JANITOR_INFO_INTERVAL="120",
+        JANITOR_LEASE_TTL="300",
+        JANITOR_BROKER_INTERVAL="300",
+    )
+    wait_for(lambda: janitor.get("/readyz")[0] == 200, 15, "ready")
+    sigkill_server(server)
+    fault("redis_sigkill_idle_daemon")
+    wait_for(lambda: janitor.get("/readyz")[0] == 503, 15, "/readyz 503 soon after Redis died")
+    server.restart()
+    wait_for(lambda: janitor.get("/readyz")[0] == 200, 45, "/readyz 200 soon after Redis came back")
+    assert [e["event"] for e in janitor.events("redis.down")] == ["redis.down"]
