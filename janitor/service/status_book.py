@@ -44,6 +44,7 @@ class StatusBook:
     sweeps: collections.deque[status_page.SweepRun] = field(
         default_factory=lambda: collections.deque(maxlen=KEEP_SWEEPS)
     )
+    skips: tuple[int, str, dt.datetime] | None = None  # sweeps skipped since the last that ran
     census: Census | None = None
     census_at: dt.datetime | None = None
     broker: BrokerReport | None = None
@@ -57,6 +58,12 @@ class StatusBook:
     def swept(self, report: SweepReport) -> None:
         with self._lock:
             self.sweeps.appendleft(status_page.SweepRun(_now(), report))
+            self.skips = None
+
+    def skipped_sweep(self, reason: str) -> None:
+        with self._lock:
+            count = self.skips[0] if self.skips is not None else 0
+            self.skips = (count + 1, reason, _now())
 
     def counted(self, census: Census) -> None:
         with self._lock:
@@ -116,6 +123,7 @@ class StatusBook:
                 broker_at=self.broker_at,
                 workers=self.workers,
                 banner=None if banner is None else dataclasses.replace(banner, memory=memory, info_at=self.info_at),
+                skips=self.skips,
             )
 
     def page(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:

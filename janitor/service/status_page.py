@@ -43,6 +43,12 @@ REFRESH_S = 30
 MAX_STUCK_ROWS = 50
 
 
+SKIP_REASONS = {
+    "no_writes": "Redis counted no write that could need one since",
+    "watching": "watch mode judged every result written since",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SweepRun:
     """One finished sweep and when it finished."""
@@ -90,6 +96,8 @@ class StatusState:
     broker_at: dt.datetime | None = None
     workers: Workers | None = None
     banner: Banner | None = None
+    # Runs of the sweep skipped since the last one that ran: how many, why, the last one's time.
+    skips: tuple[int, str, dt.datetime] | None = None
 
 
 def authorize(settings: Settings, headers: Mapping[str, str] | Any, query: str | Mapping[str, Sequence[str]]) -> bool:
@@ -171,7 +179,7 @@ def render(state: StatusState) -> bytes:
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>celery-janitor status</title><style>{_CSS}</style></head><body>",
         "<h1>celery-janitor</h1>",
-        _banner(state.banner, state.sweeps, now) if state.banner is not None else "",
+        _banner(state.banner, state.sweeps, now, state.skips) if state.banner is not None else "",
         f"<p class=meta>version {_e(state.version)} &middot; {_e(mask_url(state.redis_url) or 'no Redis URL')}"
         + (f" &middot; broker {_e(mask_url(state.broker_url))}" if state.broker_url else "")
         + f" &middot; page generated {_e(now.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>",
@@ -184,7 +192,9 @@ def render(state: StatusState) -> bytes:
     return "".join(parts).encode()
 
 
-def _banner(b: Banner, runs: Sequence[SweepRun], now: dt.datetime) -> str:
+def _banner(
+    b: Banner, runs: Sequence[SweepRun], now: dt.datetime, skips: tuple[int, str, dt.datetime] | None = None
+) -> str:
     """Trouble first: a headline for the worst thing now, then Redis, role, memory and sweeps at a glance."""
     r = b.redis
     since = f" since {_at(r.since)} ({duration((now - r.since).total_seconds())})" if r.since else ""
@@ -204,7 +214,7 @@ def _banner(b: Banner, runs: Sequence[SweepRun], now: dt.datetime) -> str:
         rows.append(("/readyz", "ready" if b.ready[0] else f"503 {b.ready[1]}"))
     rows.append(("Role", _role(b)))
     rows.append(("Memory", _memory(b.memory, b.info_at, now)))
-    rows.append(("Last sweep", _last_sweep(runs[0] if runs else None, now)))
+    rows.append(("Last sweep", _last_sweep(runs[0] if runs else None, now) + _skips(skips, now)))
     rows.append(("Next sweep", _next_sweep(b, now)))
     if b.watch is not None:
         rows.append(("Watch mode", b.watch if b.leader else "on the leader"))
@@ -244,6 +254,14 @@ def _last_sweep(run: SweepRun | None, now: dt.datetime) -> str:
         f"{_ago(now, run.finished_at)} ({_at(run.finished_at)}), {mode}{done}: {sum(r.deleted.values()):,} deleted, "
         f"{sum(r.ttl_applied.values()) + sum(r.ttl_capped.values()):,} TTLs set, {sum(r.skipped.values()):,} skipped"
     )
+
+
+def _skips(skips: tuple[int, str, dt.datetime] | None, now: dt.datetime) -> str:
+    if skips is None:
+        return ""
+    n, reason, at = skips
+    why = SKIP_REASONS.get(reason, reason)
+    return f"; {n:,} later run{'s' * (n != 1)} skipped ({why}), the last {_ago(now, at)}"
 
 
 def _next_sweep(b: Banner, now: dt.datetime) -> str:

@@ -82,6 +82,8 @@ class TestSkippedPasses:
         assert skipped(daemon, "results") == 1
         # The skip itself sent nothing: the INFO job's reading told it all.
         assert sent_between(before, server_calls(client)) == {"info": 1}
+        _, _, page = daemon.book.page({})
+        assert b"1 later run skipped (Redis counted no write that could need one since)" in page
 
         later = store(server.url, 3)  # Celery's backend: one SET each
         tick(daemon, "results")

@@ -95,6 +95,7 @@ class ResultsJob(Job):
         watch = ctx.watch.unbroken_since() if ctx.watch is not None else None
         reason = why_skip(last, ctx.settings, now=now, epoch=epoch, watching_since=watch, mark=mark)
         if reason:
+            ctx.book.skipped_sweep(reason)
             return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
         before = ctx.readings.latest()
         report = self._pass(ctx)
