@@ -117,6 +117,14 @@ def date_done(draw: st.DrawFn) -> Any:
                     "2026-01-01",
                     "2026-01-01T10:00:00,5",
                     "",
+                    "2026-01-01T24:00:00.000001+00:00",
+                    "2026-02-30T10:00:00.000001+00:00",
+                    "2026-01-01T10:60:00.000001",
+                    "2026-01-01T10:00:60.000001+00:00",
+                    "1970-12-31T23:59:59.999999+00:00",
+                    "2026-01-01T10:00:00.00000a+00:00",
+                    "2026-01-01T10:00:00.000001+00:0a",
+                    "2026-01-01T10:00:00.000001-00:00",
                 ]
             )
         )
@@ -296,6 +304,47 @@ def test_decide_script_acts_on_what_celery_writes(client: redis.Redis, settings:
     rows = _run(client, settings, items)
     assert [value for (_key, value), row in zip(items, rows, strict=True) if not row.code.dry_run] == []
     assert {row.code for row in rows} == {Code.SET_TTL, Code.DELETE}
+
+
+@pytest.mark.parametrize("naive_zone", ["UTC", "Asia/Kolkata"])
+def test_decide_script_reads_celery_dates_as_python_does(client: redis.Redis, naive_zone: str) -> None:
+    """Celery's own date_done forms (microseconds, '+00:00' or naive) and their near misses, digit by digit:
+    DECIDE acts exactly as decide() on every valid one and leaves every invalid one to Python."""
+    settings = config.load({"JANITOR_REDIS_URL": "redis://127.0.0.1:1/0", "JANITOR_NAIVE_TIMEZONE": naive_zone})
+    valid = [(NOW - dt.timedelta(days=d, microseconds=u)).isoformat() for d in (0, 0.5, 2, 8, 400) for u in (0, 1, 7)]
+    valid += ["2024-02-29T23:59:59.999999+00:00", "1971-01-01T00:00:00.000001+00:00"]
+    valid += [v[:26] for v in valid if v.endswith("+00:00")]
+    invalid = ["2026-01-01T24:00:00.000001+00:00", "2026-02-30T10:00:00.000001+00:00", "2025-02-29T10:00:00.000001"]
+    invalid += ["2026-01-01T10:60:00.000001", "2026-01-01T10:00:60.000001+00:00", "1970-12-31T23:59:59.999999+00:00"]
+    invalid += ["2026-13-01T10:00:00.000001", "2026-00-10T10:00:00.000001+00:00", "2026-01-00T10:00:00.000001"]
+    invalid += ["2026-01-01T10:00:00.00000a+00:00", "2026-01-01T10:00:00.000001+00:0a", "2026-01-01T10:0a:00.000001"]
+    invalid += ["2026-01-01T10:00:00.000001-00:0", "2026-01-01X10:00:00.000001+00:00", "2026-01-01T10:00:00,000001"]
+    items = []
+    for text in valid + invalid:
+        ident = str(uuid.uuid4())
+        meta = {
+            "status": "SUCCESS",
+            "result": 1,
+            "traceback": None,
+            "children": [],
+            "date_done": text,
+            "task_id": ident,
+        }
+        items.append((f"celery-task-meta-{ident}".encode(), json.dumps(meta).encode()))
+    rows = _run(client, settings, items)
+    for (key, value), row, text in zip(items, rows, valid + invalid, strict=True):
+        expected = decide(Kind.TASK, key[17:], "string", -1, value, now=NOW, settings=settings)
+        if text in invalid:
+            assert row.code is Code.VALUE, text
+        elif len(text) == 26 and naive_zone != "UTC":
+            assert row.code is Code.VALUE, text  # a naive date outside UTC: Python reads it in the zone
+        else:
+            assert isinstance(expected, Action), text
+            assert row == (
+                Handed(key, Code.DELETE, size=len(value))
+                if expected.deletes
+                else Handed(key, Code.SET_TTL, ms=expected.ms)
+            ), text
 
 
 def test_decide_script_acts_on_extended_results_failures_and_groups(

@@ -58,12 +58,15 @@ end
 local byte, find, match, sub, floor, tonum = string.byte, string.find, string.match, string.sub, math.floor, tonumber
 local maxs = ARGV[12]
 local mdays = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
--- Days since the epoch of a valid 'YYYY-MM-DD', else false; cached, as most results of
--- a page were written on a few days.
-local days = setmetatable({}, {__index = function(cache, date)
-  local y, mo, d = tonum(sub(date, 1, 4)), tonum(sub(date, 6, 7)), tonum(sub(date, 9, 10))
+-- Days since the epoch of a valid year, month and day, else false; cached, as most results
+-- of a page were written on a few days.
+local civil = {}
+local function days(y, mo, d)
+  local key = (y * 100 + mo) * 100 + d
+  local n = civil[key]
+  if n ~= nil then return n end
   local leap = y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)
-  local n = false
+  n = false
   if y >= 1971 and y <= 9998 and mo >= 1 and mo <= 12 and d >= 1
       and d <= mdays[mo] + ((mo == 2 and leap) and 1 or 0) then
     local era = floor((mo <= 2 and y - 1 or y) / 400)
@@ -71,14 +74,16 @@ local days = setmetatable({}, {__index = function(cache, date)
     local doy = floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
     n = era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
   end
-  cache[date] = n
+  civil[key] = n
   return n
-end})
+end
 -- Microseconds since the epoch, or nil for anything but Celery's isoformat().
 local function parse(s)
   if type(s) ~= 'string' then return nil end
   local date, h, mi, sec, frac, rest = match(s, '^(%d%d%d%d%-%d%d%-%d%d)[T ](%d%d):(%d%d):(%d%d)%.?(%d*)(.*)$')
-  if not date or not days[date] then return nil end
+  if not date then return nil end
+  local dn = days(tonum(sub(date, 1, 4)), tonum(sub(date, 6, 7)), tonum(sub(date, 9, 10)))
+  if not dn then return nil end
   h, mi, sec = tonum(h), tonum(mi), tonum(sec)
   if h > 23 or mi > 59 or sec > 59 then return nil end
   local us, off = 0, 0
@@ -95,7 +100,25 @@ local function parse(s)
     off = (tonum(oh) * 60 + tonum(om)) * 60
     if sign == '-' then off = -off end
   end
-  return (((days[date] * 24 + h) * 60 + mi) * 60 + sec - off) * 1000000 + us
+  return (((dn * 24 + h) * 60 + mi) * 60 + sec - off) * 1000000 + us
+end
+-- What parse() returns, read from the bytes without captures for the form nearly every
+-- result has: 'YYYY-MM-DDTHH:MM:SS.ffffff' and '+00:00' (Celery 5.4+ in UTC), or nothing
+-- (a naive UTC date, Celery <= 5.3). Anything else goes through parse().
+local stamp = '^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%d'
+local function when(s)
+  if type(s) ~= 'string' then return nil end
+  local n = #s
+  if not ((n == 32 and find(s, '+00:00', 27, true)) or (n == 26 and naive_utc)) or not find(s, stamp) then
+    return parse(s)
+  end
+  local y1, y2, y3, y4, _, m1, m2, _, d1, d2, _, h1, h2, _, i1, i2, _, s1, s2 = byte(s, 1, 19)
+  local f1, f2, f3, f4, f5, f6 = byte(s, 21, 26)
+  local dn = days(y1 * 1000 + y2 * 100 + y3 * 10 + y4 - 53328, m1 * 10 + m2 - 528, d1 * 10 + d2 - 528)
+  local h, mi, sec = h1 * 10 + h2 - 528, i1 * 10 + i2 - 528, s1 * 10 + s2 - 528
+  if not dn or h > 23 or mi > 59 or sec > 59 then return nil end
+  local us = ((((f1 * 10 + f2) * 10 + f3) * 10 + f4) * 10 + f5) * 10 + f6 - 5333328
+  return (((dn * 24 + h) * 60 + mi) * 60 + sec) * 1000000 + us
 end
 -- A private decoder with cjson's strict numbers (+1, 0x1, 01, inf, nan refused) and
 -- a depth Python's json always reaches; the shared cjson's settings stay as they are.
@@ -166,7 +189,7 @@ local function rule(k, at, v)
     if type(st) ~= 'string' or #st > 64 or not find(st, '^[A-Za-z][A-Za-z0-9_%-]*$') then return nil end
     return 1, pending
   end
-  local done = parse(m.date_done)
+  local done = when(m.date_done)
   if not done or now - done < -tol then return nil end
   local age = now - done
   if age < 0 then age = 0 end
