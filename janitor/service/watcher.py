@@ -42,6 +42,7 @@ WINDOW_S = 0.2  # a batch waits at most this long for more keys
 MAX_KEYS = 500  # ... or until it holds this many
 RECHECK_S = 300.0  # flags read again, and the subscription PINGed, this often
 KEEP_LAGS = 1000  # the lags the status page's p99 is taken over
+PROBE_S = 2.0  # where CONFIG GET is refused: how long the probe SET's notification may take
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ class Watcher:
         self.recheck_s = recheck_s
         self.retry_s = retry_s  # first back-off after a failure; doubles up to 30 s
         self.layout = settings.layout
+        # Where CONFIG GET is refused, a SET of this key (a name no Celery client writes; the ACL
+        # grant's ~*celery* covers it) shows whether notifications are on.
+        self.probe_key = (settings.key_prefix + "celery-janitor:watch-probe").encode()
+        self._refusal = ""
         self.gaps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -149,58 +154,92 @@ class Watcher:
         backoff = self.retry_s
         while not stop.is_set():
             try:
-                if self._flags().on:
-                    self._listen(stop)
+                flags = self._flags()
+                if flags.on or flags.state is Read.REFUSED:
+                    self._listen(stop, probing=not flags.on)
                     backoff = self.retry_s
-                else:
-                    stop.wait(self.recheck_s)
+                stop.wait(self.recheck_s)
             except Exception as exc:  # noqa: BLE001 - the listener must outlive any one failure
                 self._gap("disconnected", exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
     def _flags(self) -> Flags:
-        """Read the flags (and turn them on with JANITOR_WATCH=on); say so when the mode changes."""
+        """Read the flags (and turn them on with JANITOR_WATCH=on). REFUSED: CONFIG GET was refused, so
+        only a probe can tell (:meth:`_probe`); a refused CONFIG SET leaves the flags known to be off."""
         tally = Tally()
-        setting = False  # the refusal, if any, was CONFIG SET's
         try:
             flags = notifications.read(self.client, tally)
             if self.settings.watch == "on" and flags.state is Read.OFF:
-                before, setting = flags.flags, True
+                before = flags.flags
                 flags = notifications.turn_on(self.client, tally, flags)
                 if flags.on:
                     log.info("watch.enabled_notifications", before=before, after=flags.flags)
+                elif flags.state is Read.REFUSED:
+                    reason = f"the server refused CONFIG SET notify-keyspace-events ({flags.refusal})"
+                    self._mode(reason, watching=False)
+                    return Flags(Read.OFF, before, flags.refusal)
         finally:
             self.metrics.add_commands(tally.commands)
-        reason = self._why(flags, setting)
-        if reason != self._reason:
-            self._reason = reason
-            if flags.on:
-                log.info("watch.on", flags=flags.flags, channel=self._channel())
-            else:
-                s = self.settings
-                log.warning(
-                    "watch.unavailable",
-                    reason=reason,
-                    fallback=f"full passes every {s.sweep_interval:g} s (JANITOR_SWEEP_INTERVAL)",
-                    fix=notifications.HOW_TO_TURN_ON,
-                )
+        if flags.on:
+            self._mode(f"notify-keyspace-events={flags.flags}", watching=True)
+        elif flags.state is Read.OFF:
+            self._mode(f"keyspace notifications are off (notify-keyspace-events={flags.flags!r})", watching=False)
+        else:
+            self._refusal = flags.refusal
         return flags
 
-    @staticmethod
-    def _why(flags: Flags, setting: bool) -> str:
-        if flags.on:
-            return f"notify-keyspace-events={flags.flags}"
-        if flags.state is Read.OFF:
-            return f"keyspace notifications are off (notify-keyspace-events={flags.flags!r})"
-        command = "CONFIG SET" if setting else "CONFIG GET"
-        return f"the server refused {command} notify-keyspace-events ({flags.refusal})"
+    def _mode(self, reason: str, *, watching: bool) -> None:
+        """Say so, once, when the mode or its reason changes."""
+        if reason == self._reason:
+            return
+        self._reason = reason
+        if watching:
+            log.info("watch.on", reason=reason, channel=self._channel())
+            return
+        log.warning(
+            "watch.unavailable",
+            reason=reason,
+            fallback=f"full passes every {self.settings.sweep_interval:g} s (JANITOR_SWEEP_INTERVAL)",
+            fix=notifications.HOW_TO_TURN_ON,
+        )
 
     def _channel(self) -> str:
         return notifications.keyevent_channel(int(self.client.connection_pool.connection_kwargs.get("db", 0)))
 
-    def _listen(self, stop: threading.Event) -> None:
-        """Subscribed until ``stop``, or until a re-check finds notifications off; raises on a lost connection."""
+    def _probe(self, probe: _Probe, now: float, tally: Tally) -> None:
+        """Where CONFIG GET is refused (managed servers), SET a key of the janitor's own: if its notification
+        comes back, notifications are on. A dry run writes nothing, so it cannot probe."""
+        if self.settings.dry_run:
+            probe.failed = True
+            return
+        tally.commands["SET"] += 1
+        self.client.set(self.probe_key, "1", px=int(PROBE_S * 10_000))
+        probe.by = now + PROBE_S
+
+    def _probe_heard(self, probe: _Probe, now: float) -> None:
+        if probe.by is not None and self._since is None:
+            self._mode(f"CONFIG GET refused ({self._refusal}), but the server publishes SETs", watching=True)
+            self._subscribed(now)
+        probe.by = None
+
+    def _on_subscribe(self, probe: _Probe, now: float, tally: Tally) -> bool:
+        """The server confirmed the subscription. After a gap the flags are read again (a restarted server
+        has its config file's). False: notifications are off, stop listening."""
+        flags = self._flags() if self._gap_open else None
+        if flags is not None and flags.state is Read.OFF:
+            self._gap_open = False
+            self.on_gap()
+            return False
+        probe.needed = probe.needed or (flags is not None and flags.state is Read.REFUSED)
+        if probe.needed:
+            self._probe(probe, now, tally)
+        else:
+            self._subscribed(now)
+        return True
+
+    def _listen(self, stop: threading.Event, *, probing: bool) -> None:
+        """Subscribed until ``stop``, or until notifications are found off; raises on a lost connection."""
         client = self.connect()
         pubsub = _PubSub(client.connection_pool)
         pubsub.watcher = self
@@ -208,7 +247,7 @@ class Watcher:
         try:
             tally.commands["SUBSCRIBE"] += 1
             pubsub.subscribe(self._channel())
-            self._loop(pubsub, stop, tally)
+            self._loop(pubsub, stop, tally, probing)
         except Exception as exc:
             self._gap("disconnected", exc)
             raise
@@ -219,31 +258,40 @@ class Watcher:
             pubsub.close()
             client.close()
 
-    def _loop(self, pubsub: redis.client.PubSub, stop: threading.Event, tally: Tally) -> None:
+    def _loop(self, pubsub: redis.client.PubSub, stop: threading.Event, tally: Tally, probing: bool) -> None:
         pending: dict[bytes, float] = {}  # key -> when its notification arrived (oldest first)
-        next_check, pinged = self.clock() + self.recheck_s, False
+        next_check, pinged, probe = self.clock() + self.recheck_s, False, _Probe(probing)
         while not stop.is_set():
             first = next(iter(pending.values()), None)
             wait = 0.5 if first is None else first + self.window_s - self.clock()
             message = pubsub.get_message(timeout=max(0.0, min(wait, 0.5)))
             now = self.clock()
             kind, data = (message.get("type"), message.get("data")) if message is not None else (None, None)
-            if kind == "message" and isinstance(data, bytes):
+            if kind == "message" and data == self.probe_key:
+                self._probe_heard(probe, now)
+            elif kind == "message" and isinstance(data, bytes):
                 if self.layout.classify(data)[0] is not Kind.OTHER:
                     pending.setdefault(data, now)
-            elif kind == "subscribe" and not self._confirmed(now):
+            elif kind == "subscribe" and not self._on_subscribe(probe, now, tally):
                 return
             elif kind == "pong":
                 pinged = False
+            if probe.failed or (probe.by is not None and now >= probe.by):
+                self._no_probe()
+                return
             if pending and (len(pending) >= self.max_keys or now >= next(iter(pending.values())) + self.window_s):
                 self._batch(pending)
                 pending = {}
             if now >= next_check:
                 if pinged:
                     raise redis.ConnectionError("the subscription did not answer PING")
-                if not self._flags().on:
+                flags = self._flags()
+                if flags.state is Read.OFF:
                     self._gap("notifications_off")
                     return
+                probe.needed = flags.state is Read.REFUSED
+                if probe.needed and probe.by is None:  # one probe out at a time: its deadline stands
+                    self._probe(probe, now, tally)
                 tally.commands["PING"] += 1
                 pubsub.ping()
                 next_check, pinged = now + self.recheck_s, True
@@ -252,15 +300,11 @@ class Watcher:
         if pending:  # stopping (shutdown, lease lost): the fence turns a late batch away
             self._batch(pending)
 
-    def _confirmed(self, now: float) -> bool:
-        """The server confirmed the subscription. After a gap the flags are read first: a restarted server
-        comes back with its config file's, maybe without notifications. False: stop listening."""
-        if self._gap_open and not self._flags().on:
-            self._gap_open = False
-            self.on_gap()
-            return False
-        self._subscribed(now)
-        return True
+    def _no_probe(self) -> None:
+        """CONFIG GET was refused and the probe's SET was not published (or, in a dry run, not written)."""
+        heard = "a dry run writes no probe" if self.settings.dry_run else "its probe SET was not published"
+        self._mode(f"the server refused CONFIG GET notify-keyspace-events ({self._refusal}); {heard}", watching=False)
+        self._gap("notifications_off")
 
     def _batch(self, pending: dict[bytes, float]) -> None:
         try:
@@ -318,6 +362,15 @@ class Watcher:
             self.on_gap()
         else:
             self._gap_open = True
+
+
+@dataclass
+class _Probe:
+    """Where CONFIG GET is refused: whether notifications must be shown by a probe, by when it is due back."""
+
+    needed: bool
+    by: float | None = None
+    failed: bool = False
 
 
 class _PubSub(redis.client.PubSub):

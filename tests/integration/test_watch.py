@@ -212,8 +212,8 @@ class TestFallback:
     def test_config_refused_one_clear_line(
         self, client: redis.Redis, server: embedded.Server, notify: Callable[[str], None], case: tuple[str, str, str]
     ) -> None:
-        """An ACL user refused CONFIG (as on managed servers): one line naming what was refused and what to
-        run instead, no subscription, full passes."""
+        """An ACL user refused CONFIG (as on managed servers) on a server without notifications: one line naming
+        what was refused and what to run instead, and full passes (a refused CONFIG GET is probed first)."""
         refuse, watch, refused = case
         rules = [r for r in acl_audit.acl_lines()["janitor"] if not r.startswith("+config")]
         rules += ["+config|get"] if refuse == "-config|set" else []
@@ -229,7 +229,9 @@ class TestFallback:
                 wait_for(lambda: any(e["event"] == "watch.unavailable" for e in logs), DEADLINE, "the fallback line")
                 threading.Event().wait(1.0)
                 assert watcher.unbroken_since() is None
-                assert _subscribers(client) == 0
+                assert not watcher.status().watching
+                if refused == "CONFIG SET":  # flags known to be off: not even a probe's subscription
+                    assert _subscribers(client) == 0
         finally:
             user.close()
             client.acl_deluser("nocfg")
@@ -238,6 +240,33 @@ class TestFallback:
         assert "NOPERM" in line["reason"] or "permission" in line["reason"]
         assert "heroku redis:keyspace-notifications -c E$" in line["fix"]
         assert client.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
+
+    def test_config_refused_but_notifications_on_watches_by_probe(
+        self, client: redis.Redis, server: embedded.Server, notify: Callable[[str], None]
+    ) -> None:
+        """A managed server that refuses CONFIG but has notifications on (Heroku's CLI, a parameter group): a SET
+        of the janitor's own probe key comes back as a notification, so it watches."""
+        notify("E$")
+        rules = [r for r in acl_audit.acl_lines()["janitor"] if not r.startswith("+config")]
+        client.execute_command("ACL", "SETUSER", "nocfg", "reset", *rules)
+        url = f"redis://nocfg:{acl_audit.PASSWORD}@127.0.0.1:{server.port}/0"
+        settings = config.load({"JANITOR_REDIS_URL": url})
+        user = settings.connect()
+        try:
+            with (
+                structlog.testing.capture_logs() as logs,
+                watching(settings, user, Metrics(CollectorRegistry())) as watcher,
+            ):
+                assert watcher.wait_watching(DEADLINE)
+                key = _result(client, f"probe-{uuid.uuid4()}")
+                wait_for(lambda: client.pttl(key) > 0, DEADLINE, "the result to get a TTL")
+        finally:
+            user.close()
+            client.acl_deluser("nocfg")
+        assert [e for e in logs if e["event"] == "watch.unavailable"] == []
+        (line,) = [e for e in logs if e["event"] == "watch.on"]
+        assert line["reason"].startswith("CONFIG GET refused (")
+        assert 0 < client.pttl(watcher.probe_key) <= 20_000  # the probe expires by itself
 
 
 class TestGaps:
@@ -295,10 +324,12 @@ class TestGaps:
             settings = config.load({"JANITOR_REDIS_URL": own.url, "JANITOR_WATCH": "on"})
             metrics = Metrics(CollectorRegistry())
             asked = threading.Event()
-            with watching(settings, client, metrics, on_gap=asked.set, retry_s=0.1) as watcher:
+            with (
+                structlog.testing.capture_logs() as logs,
+                watching(settings, client, metrics, on_gap=asked.set, retry_s=0.1) as watcher,
+            ):
                 assert watcher.wait_watching(DEADLINE)
                 own.restart()
-                assert client.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
                 wait_for(asked.is_set, 60, "a full pass to be asked for")
                 assert watcher.wait_watching(60)
                 assert set(client.config_get("notify-keyspace-events")["notify-keyspace-events"]) == set("E$")
@@ -306,6 +337,8 @@ class TestGaps:
                 wait_for(lambda: client.pttl(key) > 0, DEADLINE, "the result to get a TTL")
             client.close()
         assert watcher.gaps >= 1
+        (line,) = [e for e in logs if e["event"] == "watch.enabled_notifications"]  # the restart dropped them
+        assert line["before"] == ""
 
 
 class TestDaemon:
