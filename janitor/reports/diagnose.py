@@ -291,7 +291,10 @@ def render_text(d: Diagnosis) -> str:
 def _watch_line(flags: str | None) -> str:
     """What `celery-janitor run` would do here with JANITOR_WATCH=auto."""
     if flags is None:
-        return "unknown: CONFIG GET notify-keyspace-events refused; the daemon runs full passes only"
+        return (
+            "unknown: CONFIG GET notify-keyspace-events refused; the daemon SETs a probe key of its own and "
+            "watches if the server publishes it, else runs full passes only"
+        )
     if notifications.covers_string_sets(flags):
         return f"available (notify-keyspace-events={flags}): the daemon gives new results their TTL as they are written"
     return (

@@ -24,6 +24,7 @@ from janitor import config
 from janitor.dev import demo, embedded
 from janitor.operations.sweep import sweep
 from janitor.redis_io.lease import Fence
+from janitor.reports import diagnose
 from janitor.service.metrics import Metrics
 from janitor.service.watcher import Watcher
 from tests.celery_app import make_app
@@ -339,6 +340,22 @@ class TestGaps:
         assert watcher.gaps >= 1
         (line,) = [e for e in logs if e["event"] == "watch.enabled_notifications"]  # the restart dropped them
         assert line["before"] == ""
+
+
+class TestDiagnose:
+    def test_diagnose_says_whether_watch_mode_can_run(
+        self, client: redis.Redis, settings: config.Settings, notify: Callable[[str], None]
+    ) -> None:
+        """diagnose reads notify-keyspace-events and says what the daemon would do with it."""
+        off = diagnose.collect(client, settings, listen_s=0, progress=False)
+        assert off.connection.notify_keyspace_events == ""
+        assert "  watch      off (notify-keyspace-events=''): the daemon runs full passes only; to turn " in (
+            diagnose.render_text(off)
+        )
+        notify("KEA")
+        on = diagnose.collect(client, settings, listen_s=0, progress=False)
+        assert on.as_dict()["connection"]["notify_keyspace_events"] == "AKE"
+        assert "  watch      available (notify-keyspace-events=AKE)" in diagnose.render_text(on)
 
 
 class TestDaemon:
