@@ -29,6 +29,10 @@ RESULT_WRITES = frozenset(
     }
 )  # fmt: skip
 
+# The ones of those that publish a ``set`` keyevent: what watch mode hears. A key the others write
+# (RESTORE, RENAME, COPY, SETRANGE, PERSIST...) is left to a full pass.
+NOTIFIED_AS_SET = frozenset({"set", "setnx", "mset", "msetnx", "getset"})
+
 # In cap mode a pass also shortens TTLs that are too long, so every way of setting one counts too.
 TTL_WRITES = frozenset({"setex", "psetex", "expire", "pexpire", "expireat", "pexpireat"})
 

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from janitor.config import Settings
 from janitor.operations.sweep import SweepReport, sweep, sweep_cluster
-from janitor.operations.writes import RESULT_WRITES, Mark
+from janitor.operations.writes import NOTIFIED_AS_SET, RESULT_WRITES, TTL_WRITES, Mark
 from janitor.redis_io import scripts
 from janitor.service.jobs.base import Context, Job, Outcome
 from janitor.service.metrics import SweepRecorder
@@ -51,21 +51,25 @@ def why_skip(
 
     Sound because a result key needs work only once it exists without a TTL (or, in cap mode,
     with too long a one): after a complete pass every key it could act on has been acted on,
-    and a key can only become one again through a write. Watch mode judges every key written
-    while it is unbroken; without it, the command counters prove no such write ran
-    (:mod:`janitor.operations.writes`). ``mark`` is asked last, so it costs nothing when the
-    answer is already known.
+    and a key can only become one again through a write. The command counters prove no such
+    write ran (:mod:`janitor.operations.writes`); watch mode judges every key SET while it is
+    unbroken, so with it only the other writes bring a pass back. ``mark`` is asked last, so it
+    costs nothing when the answer is already known.
     """
     if last is None or epoch != last.epoch or now - last.started >= settings.safety_sweep_interval:
         return ""
     if settings.dry_run or last.revisit:  # what a dry run reports changes with time alone
         return ""
-    if watching_since is not None and watching_since <= last.started:
-        return "watching"
-    if settings.cap_ttl or settings.redis_cluster or last.mark is None:
-        return ""
-    latest = mark()
-    return "no_writes" if latest is not None and latest.unchanged_since(last.mark, RESULT_WRITES) else ""
+    watched = watching_since is not None and watching_since <= last.started
+    latest = mark() if last.mark is not None and not settings.redis_cluster else None
+    if latest is None or last.mark is None:
+        return "watching" if watched else ""  # without counters, watch mode's word is all there is
+    # Cap mode also shortens TTLs, so every TTL write counts (the lease's own renewal among them).
+    writes = RESULT_WRITES | (TTL_WRITES if settings.cap_ttl else frozenset())
+    if latest.unchanged_since(last.mark, writes):
+        return "no_writes"
+    # Watch mode hears SETs; a key written any other way since needs the pass.
+    return "watching" if watched and latest.unchanged_since(last.mark, writes - NOTIFIED_AS_SET) else ""
 
 
 class ResultsJob(Job):
