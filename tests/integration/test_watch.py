@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,7 +69,8 @@ def watching(
     on_gap: Callable[[], None] = lambda: None,
     **kwargs: Any,
 ) -> Iterator[Watcher]:
-    watcher = Watcher(settings, client, metrics, fence=Fence, on_gap=on_gap, window_s=0.05, **kwargs)
+    kwargs.setdefault("fence", Fence)
+    watcher = Watcher(settings, client, metrics, on_gap=on_gap, window_s=0.05, **kwargs)
     watcher.start()
     try:
         yield watcher
@@ -302,6 +304,8 @@ class TestGaps:
             thread = threading.Thread(target=writer)
             thread.start()
             wait_for(lambda: len(written) >= 100, DEADLINE, "the writer to start")
+            killed_at = time.monotonic()
+            assert (watcher.unbroken_since() or killed_at) < killed_at
             client.client_kill_filter(_type="pubsub")
             wait_for(asked.is_set, DEADLINE, "a full pass to be asked for")
             stop.set()
@@ -310,11 +314,31 @@ class TestGaps:
                 p.join(60)
             wait_for(lambda: _all_have_ttl(client, written), DEADLINE, "every written result to have a TTL")
             assert watcher.wait_watching(DEADLINE)  # subscribed again
+            assert (watcher.unbroken_since() or 0) > killed_at  # unbroken only since it was back
         assert (
             _sample(metrics, "janitor_watch_gaps_total", reason="reconnected")
             + _sample(metrics, "janitor_watch_gaps_total", reason="disconnected")
             >= 1
         )
+
+    def test_fenced_batch_is_a_gap(
+        self, client: redis.Redis, settings: config.Settings, notify: Callable[[str], None]
+    ) -> None:
+        """A batch the fence turns away (the lease moved on) writes nothing, is counted as a gap, and asks for a
+        full pass at once; the subscription goes on, unbroken only from after the failure."""
+        notify("E$")
+        metrics = Metrics(CollectorRegistry())
+        asked: list[float] = []
+        stale = Fence(b"celery-task-meta-celery-janitor:lease", "1:someone-else")
+        with watching(
+            settings, client, metrics, on_gap=lambda: asked.append(time.monotonic()), fence=lambda: stale
+        ) as w:
+            assert w.wait_watching(DEADLINE)
+            key = _result(client, f"fenced-{uuid.uuid4()}")
+            wait_for(lambda: asked, DEADLINE, "a full pass to be asked for")
+            assert client.pttl(key) == -1
+            assert (w.unbroken_since() or 0) >= asked[0] - 1.0  # still subscribed, unbroken from the failure on
+        assert _sample(metrics, "janitor_watch_gaps_total", reason="batch_failed") >= 1
 
     def test_restarted_server_watched_again(self, server: embedded.Server) -> None:
         """A Redis restart drops the subscription and CONFIG SET flags: with JANITOR_WATCH=on the watcher turns
