@@ -3,8 +3,9 @@
 Pay-per-command providers bill every command the janitor sends. The daemon measures what
 one run of each job costs (a running average of what it sent, skipped runs included) and
 stretches the intervals, all by one factor, until the day's projected total fits the
-budget; the lease's renewals are the fixed part. No interval is ever planned shorter than
-its setting, nor longer than a day. :func:`plan` is pure.
+budget, the lease's renewals included (its TTL grows with them, up to an hour: a longer wait
+for a standby to take over from a leader that died). No interval is ever planned shorter
+than its setting, nor longer than a day. :func:`plan` is pure.
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ class Plan:
         fit = "" if self.fits else "; too small for one pass a day"
         return f"{self.budget:,} commands a day: {self.daily:,.0f} planned ({every}){fit}"
 
-    def warning(self, lease_daily: float, pass_cost: float) -> str:
-        """ "" when the budget covers a day; else what it falls short of, and what to do."""
+    def warning(self, pass_cost: float) -> str:
+        """Empty when the budget covers a day; else what it falls short of, and what to do."""
         if self.fits:
             return ""
         return (
             f"JANITOR_DAILY_COMMAND_BUDGET={self.budget} cannot cover one pass a day: a full pass costs about "
-            f"{pass_cost:,.0f} commands and the lease {lease_daily:,.0f} a day; raise it to at least "
-            f"{math.ceil(self.floor):,}, lengthen JANITOR_LEASE_TTL, or turn watch mode on"
+            f"{pass_cost:,.0f} commands, and with the lease, a census and each check once a day the least is "
+            f"{math.ceil(self.floor):,}: raise it to that, or lower the cost of a pass (watch mode, fewer keys)"
         )
 
 
@@ -72,35 +73,34 @@ def plan(
     configured: Mapping[str, float],
     costs: Costs,
     *,
-    lease_daily: float,
     sweep: str,
+    longest: Mapping[str, float] | None = None,
 ) -> Plan:
     """The intervals that keep a day within ``budget``: the configured ones times the smallest factor
-    that fits, each capped at a day. Jobs not yet measured keep their configured interval."""
+    that fits, each capped at ``longest`` (a day unless given; never below its setting). A job that
+    costs nothing (not measured yet, or every run skipped) keeps its setting: waiting buys nothing."""
+    caps = {job: max(interval, (longest or {}).get(job, DAY)) for job, interval in configured.items()}
 
-    def daily(factor: float) -> float:
-        return lease_daily + sum(
-            costs.per_run.get(job, 0.0) * DAY / min(interval * factor, max(interval, DAY))
+    def spaced(factor: float) -> dict[str, float]:
+        return {
+            job: min(interval * factor, caps[job]) if costs.per_run.get(job) else interval
             for job, interval in configured.items()
-        )
+        }
 
-    floor = lease_daily + sum(
-        (costs.full_pass if job == sweep else costs.per_run.get(job, 0.0)) * DAY / max(interval, DAY)
-        for job, interval in configured.items()
+    def daily(intervals: Mapping[str, float]) -> float:
+        return sum(costs.per_run.get(job, 0.0) * DAY / interval for job, interval in intervals.items())
+
+    floor = sum(
+        (costs.full_pass if job == sweep else costs.per_run.get(job, 0.0)) * DAY / caps[job] for job in configured
     )
-    low, high = 1.0, max(DAY / min(configured.values(), default=DAY), 1.0)
-    if daily(low) <= budget:
+    low, high = 1.0, max(max(caps.values(), default=DAY) / min(configured.values(), default=DAY), 1.0)
+    if daily(spaced(low)) <= budget:
         high = low
-    elif daily(high) > budget:
-        low = high  # even a day apart it does not fit: the longest intervals, and a warning
+    elif daily(spaced(high)) > budget:
+        low = high  # even at their longest it does not fit: the longest intervals, and a warning
     else:
-        for _ in range(60):  # daily() falls as the factor grows: bisect to the smallest factor that fits
+        for _ in range(60):  # the day's cost falls as the factor grows: bisect to the smallest that fits
             mid = (low + high) / 2
-            low, high = (low, mid) if daily(mid) <= budget else (mid, high)
-    factor = high
-    # A job that costs nothing (not measured yet, or every run skipped) buys nothing by waiting.
-    intervals = {
-        job: min(interval * factor, max(interval, DAY)) if costs.per_run.get(job) else interval
-        for job, interval in configured.items()
-    }
-    return Plan(budget, intervals, daily(factor), floor, factor)
+            low, high = (low, mid) if daily(spaced(mid)) <= budget else (mid, high)
+    intervals = spaced(high)
+    return Plan(budget, intervals, daily(intervals), floor, high)

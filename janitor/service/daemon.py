@@ -42,6 +42,9 @@ from janitor.service.status_book import Live, StatusBook
 from janitor.service.watcher import Watcher
 
 SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Under a command budget the lease's renewals are planned like a job, up to a one-hour TTL.
+LEASE = "lease_renewal"
+LONGEST = {LEASE: 3600 / 3}
 
 log = structlog.get_logger("janitor.daemon")
 
@@ -99,6 +102,7 @@ class Daemon:
     costs: budget.Costs = field(default_factory=budget.Costs.empty)  # commands per run, for the budget's plan
     plan: budget.Plan | None = None
     _warned_budget: bool = False
+    _applied: dict[str, float] = field(default_factory=dict)  # the intervals in force, under a budget
 
     @classmethod
     def create(cls, settings: Settings, registry: CollectorRegistry | None = None) -> Daemon:
@@ -287,27 +291,27 @@ class Daemon:
     # --- the daily command budget ---------------------------------------------
 
     def _spent(self, job: Job, commands: int, *, full_pass: bool) -> None:
-        """Record what a run sent and, under a budget, plan the intervals again."""
+        """Record what a run sent and, under a budget, plan the intervals (the lease's too) again."""
         s = self.settings
         if not s.daily_command_budget:
             return
         self.costs.ran(job.name, commands, full_pass=full_pass)
-        lease_daily = budget.DAY / (s.lease_ttl / 3)
-        plan = budget.plan(
-            s.daily_command_budget,
-            {j.name: j.interval(s) for j in self.jobs},
-            self.costs,
-            lease_daily=lease_daily,
-            sweep=ResultsJob.name,
-        )
-        before = self.plan.intervals if self.plan is not None else {j.name: j.interval(s) for j in self.jobs}
+        self.costs.per_run[LEASE] = 1  # one renewal
+        configured = {j.name: j.interval(s) for j in self.jobs} | {LEASE: s.lease_ttl / 3}
+        plan = budget.plan(s.daily_command_budget, configured, self.costs, sweep=ResultsJob.name, longest=LONGEST)
         self.plan = plan
         for name, interval in plan.intervals.items():
             self.metrics.gauge("janitor_job_planned_interval_seconds").labels(name).set(interval)
-            if abs(interval - before[name]) > 0.1 * before[name]:
+            applied = self._applied.setdefault(name, configured[name])
+            if abs(interval - applied) <= 0.1 * applied:  # not worth moving the schedule for
+                continue
+            self._applied[name] = interval
+            if name == LEASE:
+                self.lease.ttl = 3 * interval  # from its next renewal on
+            else:
                 scheduler.reschedule(self.scheduler, name, interval, jitter=s.jitter)
         self.metrics.gauge("janitor_commands_planned_daily").set(plan.daily)
-        warning = plan.warning(lease_daily, self.costs.full_pass)
+        warning = plan.warning(self.costs.full_pass)
         if warning and not self._warned_budget:
             log.warning("budget.too_small", detail=warning)
         self._warned_budget = bool(warning)

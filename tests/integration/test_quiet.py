@@ -207,9 +207,9 @@ class TestIdleCost:
         finally:
             daemon.lease.release()
         assert costs.per_run["results"] == 0  # skipped: nothing was written
-        configured = {job.name: job.interval(s) for job in daemon.jobs}
-        lease_daily = budget.DAY / (s.lease_ttl / 3)
-        plan = budget.plan(3000, configured, costs, lease_daily=lease_daily, sweep="results")
+        configured = {job.name: job.interval(s) for job in daemon.jobs} | {"lease": s.lease_ttl / 3}
+        costs.per_run["lease"] = 1
+        plan = budget.plan(3000, configured, costs, sweep="results")
         assert plan.factor == 1.0, plan.line()
         # A pass costs about what a census does (both walk every result key once).
         assert plan.daily + 2 * full_pass < 3000, (plan.line(), full_pass)
@@ -225,7 +225,7 @@ def test_budget_plans_and_says_what_it_buys(server: embedded.Server) -> None:
     """A budget too small for a day's pass: the intervals stretch (never past a day), the plan and
     the freshness show on the page and in the gauges, and one warning names the setting."""
     store(server.url, 50)
-    daemon = make(janitor_settings(server.url, watch="off", daily_command_budget="200"))
+    daemon = make(janitor_settings(server.url, watch="off", daily_command_budget="60"))
     try:
         with structlog.testing.capture_logs() as logs:
             for _ in range(2):
@@ -234,7 +234,7 @@ def test_budget_plans_and_says_what_it_buys(server: embedded.Server) -> None:
     finally:
         daemon.lease.release()
     get = daemon.metrics.registry.get_sample_value
-    assert get("janitor_command_budget_daily") == 200
+    assert get("janitor_command_budget_daily") == 60
     planned = {j.name: get("janitor_job_planned_interval_seconds", {"job_name": j.name}) for j in daemon.jobs}
     s = daemon.settings
     assert planned["broker"] is not None
@@ -243,13 +243,15 @@ def test_budget_plans_and_says_what_it_buys(server: embedded.Server) -> None:
         v is not None and j.interval(s) <= v <= max(j.interval(s), budget.DAY)
         for j, v in zip(daemon.jobs, planned.values(), strict=True)
     )
-    assert daemon.scheduler.get_job("broker").trigger.interval.total_seconds() == pytest.approx(planned["broker"])
+    scheduled = daemon.scheduler.get_job("broker").trigger.interval.total_seconds()
+    assert scheduled == pytest.approx(planned["broker"], rel=0.1)
+    assert daemon.lease.ttl > s.lease_ttl  # the renewals are planned too
     warnings = [e for e in logs if e["event"] == "budget.too_small"]
     assert len(warnings) == 1
-    assert "JANITOR_DAILY_COMMAND_BUDGET=200" in warnings[0]["detail"]
+    assert "JANITOR_DAILY_COMMAND_BUDGET=60" in warnings[0]["detail"]
     _, _, page = daemon.book.page({})
     assert b"Command budget" in page
-    assert b"200 commands a day" in page
+    assert b"60 commands a day" in page
 
 
 class TestWatchModePasses:

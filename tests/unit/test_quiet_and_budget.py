@@ -128,49 +128,60 @@ class TestWhySkip:
 
 
 class TestBudgetPlan:
-    configured: ClassVar[dict[str, float]] = {"results": 300.0, "broker": 300.0, "redis_info": 120.0, "census": 3600.0}
+    configured: ClassVar[dict[str, float]] = {
+        "results": 300.0,
+        "broker": 300.0,
+        "redis_info": 120.0,
+        "census": 3600.0,
+        "lease": 100.0,
+    }
+    longest: ClassVar[dict[str, float]] = {"lease": 1200.0}
 
     def costs(self, **per_run: float) -> budget.Costs:
         c = budget.Costs.empty()
+        c.per_run["lease"] = 1
         for job, n in per_run.items():
             c.per_run[job] = n
         c.full_pass = per_run.get("results", 0.0)
         return c
 
+    def plan(self, n: int, c: budget.Costs) -> budget.Plan:
+        return budget.plan(n, self.configured, c, sweep="results", longest=self.longest)
+
     def test_a_budget_that_fits_keeps_the_settings(self) -> None:
-        p = budget.plan(
-            10_000,
-            self.configured,
-            self.costs(results=1, broker=2, redis_info=1, census=6),
-            lease_daily=864,
-            sweep="results",
-        )
+        p = self.plan(10_000, self.costs(results=1, broker=2, redis_info=1, census=6))
         assert p.intervals == self.configured
         assert p.factor == 1.0
         assert p.fits
         assert p.daily == pytest.approx(864 + 288 + 576 + 720 + 144)
 
     def test_a_tight_budget_stretches_every_interval_by_one_factor_and_fits(self) -> None:
-        c = self.costs(results=10, broker=8, redis_info=1, census=6)
-        p = budget.plan(3_000, self.configured, c, lease_daily=864, sweep="results")
+        p = self.plan(3_000, self.costs(results=10, broker=8, redis_info=1, census=6))
         assert p.daily <= 3_000
-        assert p.daily > 2_900
+        assert p.daily > 2_900  # the smallest stretch that fits, not a wasteful one
         assert p.factor > 1
         for job, interval in p.intervals.items():
-            assert interval == pytest.approx(min(self.configured[job] * p.factor, budget.DAY))
+            assert interval == pytest.approx(min(self.configured[job] * p.factor, self.longest.get(job, budget.DAY)))
 
-    def test_no_interval_beyond_a_day_and_a_warning_when_a_pass_a_day_does_not_fit(self) -> None:
+    def test_the_lease_stretches_too_but_never_past_an_hour_of_ttl(self) -> None:
+        p = self.plan(200, self.costs(results=1, broker=8, redis_info=1, census=6))
+        assert p.intervals["lease"] == 1200.0
+        assert max(p.intervals.values()) <= budget.DAY
+
+    def test_a_warning_when_a_pass_a_day_does_not_fit(self) -> None:
         c = self.costs(results=5_000, broker=8, redis_info=1, census=5_000)
-        p = budget.plan(3_000, self.configured, c, lease_daily=864, sweep="results")
+        p = self.plan(3_000, c)
         assert not p.fits
         assert max(p.intervals.values()) <= budget.DAY
-        warning = p.warning(864, c.full_pass)
+        warning = p.warning(c.full_pass)
         assert "JANITOR_DAILY_COMMAND_BUDGET=3000" in warning
-        assert "10,873" in warning
+        assert "10,081" in warning  # a pass, a census, one broker check and INFO, 72 lease renewals
         assert "too small" in p.line()
 
     def test_unmeasured_jobs_keep_their_interval(self) -> None:
-        p = budget.plan(1_000, self.configured, self.costs(broker=50), lease_daily=0, sweep="results")
+        c = budget.Costs.empty()
+        c.per_run["broker"] = 50
+        p = self.plan(1_000, c)
         assert p.intervals["results"] == 300.0
         assert p.intervals["broker"] > 300.0
 
