@@ -9,7 +9,12 @@ pay-per-command provider bills. The first ``--warmup`` seconds (start-up: script
 loads, the first pass, the first census) are shown apart; the rest is extrapolated
 to a day.
 
-    python bench/idle_commands.py                       # 10 minutes
+Hourly and daily runs (the census, the broker check's refresh, the safety pass) do not fit
+a short window: ``--compress K`` divides every default interval (the lease's TTL included)
+by K, so a window of 1440/K minutes holds a whole day's schedule; its count is the day's.
+
+    python bench/idle_commands.py                       # 10 minutes of real time
+    python bench/idle_commands.py --compress 60 --minutes 24   # a whole day, 60 times faster
     python bench/idle_commands.py --minutes 30 --env JANITOR_DAILY_COMMAND_BUDGET=1000
 """
 
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import redis
 
+from janitor import config
 from janitor.dev import demo, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +92,17 @@ def main() -> int:
     parser.add_argument("--engine", default="")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the daemon, repeatable")
     parser.add_argument("--trace", action="store_true", help="also list every steady-state command")
+    parser.add_argument("--compress", type=float, default=1, help="divide every default interval by this")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
+    if args.compress != 1:
+        fields = config.Settings.model_fields
+        names = ("sweep", "info", "broker", "census", "safety_sweep")
+        for name in names:
+            extra.setdefault(
+                f"JANITOR_{name.upper()}_INTERVAL", str(fields[f"{name}_interval"].default / args.compress)
+            )
+        extra.setdefault("JANITOR_LEASE_TTL", str(fields["lease_ttl"].default / args.compress))
 
     with embedded.running(args.engine) as server:
         client = server.client()
@@ -124,7 +139,7 @@ def main() -> int:
         window = time.monotonic() - t0
         warm = collections.Counter(_name(cmd) for t, _, cmd in monitor.seen if t - t0 < args.warmup)
         steady = collections.Counter(_name(cmd) for t, _, cmd in monitor.seen if args.warmup <= t - t0 <= window)
-        per_day = 86400 / max(window - args.warmup, 1)
+        per_day = 86400 / args.compress / max(window - args.warmup, 1)
         print(f"log: {log_path}; window {window / 60:.1f} min, steady state after {args.warmup:.0f} s")
         print(f"{'command':<16} {'start-up':>9} {'steady':>7} {'per day':>8}")
         for cmd in sorted(set(warm) | set(steady), key=lambda c: -steady[c]):

@@ -28,5 +28,5 @@ def for_settings(settings: Settings) -> list[Job]:
         jobs += [eta_guard.EtaGuardJob(settings)] if settings.eta_guard else []
         jobs += [running_guard.RunningGuardJob(settings)] if settings.running_guard else []
         jobs += [ReaperJob()] if settings.reap_abandoned else []
-        jobs += [BeatJob()]
+        jobs += [BeatJob(settings)]
     return jobs

@@ -12,7 +12,6 @@ from janitor.operations.writes import BROKER_WRITES
 from janitor.redis_io import scripts
 from janitor.reports import findings
 from janitor.service.jobs.base import Context, Job, Outcome
-from janitor.service.jobs.broker import REFRESH_S
 from janitor.service.readings import Unchanged
 
 log = structlog.get_logger("janitor.jobs.beat")
@@ -27,8 +26,8 @@ class BeatJob(Job):
         # RedBeat lives with the broker (redbeat_redis_url defaults to broker_url).
         return not settings.broker_apart
 
-    def __init__(self) -> None:
-        self.unchanged = Unchanged(BROKER_WRITES, refresh=REFRESH_S)
+    def __init__(self, settings: Settings) -> None:
+        self.unchanged = Unchanged(BROKER_WRITES, refresh=settings.census_interval)
 
     def run(self, ctx: Context) -> Outcome:
         tally = scripts.Tally()

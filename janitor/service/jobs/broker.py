@@ -17,10 +17,6 @@ from janitor.service.readings import Unchanged
 
 log = structlog.get_logger("janitor.jobs.broker")
 
-# A check that found nothing waiting is re-read at least this often even when Redis counted no
-# write: broker keys with a TTL (reply queues) can go without one.
-REFRESH_S = 3600.0
-
 
 class BrokerJob(Job):
     name = "broker"
@@ -32,7 +28,9 @@ class BrokerJob(Job):
         self.sightings = broker.Sightings(min_gap=settings.broker_interval / 2)
         self.warned: set[str] = set()  # tasks already logged as running past the visibility timeout
         self.heads = queues.HeadWatch()
-        self.unchanged = Unchanged(BROKER_WRITES, refresh=REFRESH_S)
+        # A check that found nothing waiting is read again at least as often as the census even when
+        # Redis counted no write: broker keys with a TTL (reply queues) can go without one.
+        self.unchanged = Unchanged(BROKER_WRITES, refresh=settings.census_interval)
 
     def first_run(self, settings: Settings) -> float:
         return min(self.interval(settings), 5.0)
