@@ -8,6 +8,7 @@ import collections
 import uuid
 from collections.abc import Callable, Iterator
 
+import kombu
 import pytest
 import redis
 import structlog
@@ -160,8 +161,10 @@ class TestSkippedBrokerChecks:
     def test_a_check_with_nothing_waiting_is_skipped_until_a_message_is_sent(
         self, daemon: Daemon, client: redis.Redis, server: embedded.Server
     ) -> None:
-        producer(server.url).send_task("app.t")  # binds the queue "celery" (kombu's SADD)...
-        client.delete("celery")  # ...and a worker took the message: an idle app
+        with kombu.Connection(server.url) as conn:  # an idle app: the queue bound, nothing in it
+            kombu.Queue("celery", kombu.Exchange("celery", type="direct"), routing_key="celery")(
+                conn.default_channel
+            ).declare()
         tick(daemon, "broker")
         before = server_calls(client)
         tick(daemon, "broker")
