@@ -3,8 +3,9 @@
 Starts a private server, fills it with a dirty Celery keyspace (janitor.dev.demo.fill),
 starts the daemon with its default intervals, and samples the daemon's
 /proc/<pid> every few seconds. The first minute holds the first sweep of the
-dirty keyspace; later minutes are the steady state (INFO every 30 s, lease
-renewals, a sweep of the clean keyspace every 5 min, a census every 15 min).
+dirty keyspace; later minutes are the steady state (INFO every 2 min, lease
+renewals, a sweep every 5 min that is skipped while nothing is written, a census
+every hour). What it sends to Redis is measured by bench/idle_commands.py.
 Also saves a /metrics scrape taken after that first sweep.
 
     python bench/daemon_idle.py                   # 10 minutes, 1M keys
