@@ -132,11 +132,15 @@ def sweep_keys(
     fence: Callable[[], Fence] = Fence,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     timer: Callable[[], float] = time.perf_counter,
+    pacer: Pacer | None = None,
 ) -> SweepReport:
     """The rules over these key names (watch mode's newly written keys), through the same scripts as a
-    pass: names no Celery client writes cost no call, the rest go to DECIDE by name in pacer-sized chunks."""
+    pass: names no Celery client writes cost no call, the rest go to DECIDE by name in pacer-sized chunks.
+    ``pacer``: kept by a caller that calls again and again, so sizes and JANITOR_MAX_KEYS_PER_SECOND
+    carry from one call to the next."""
     report = SweepReport(dry_run=settings.dry_run)
     run = _Pass(client, settings, report, fence, clock, timer=timer)
+    run.pacer = pacer or run.pacer
     started = time.monotonic()
     names = [key for key in dict.fromkeys(keys) if run.layout.classify(key)[0] is not Kind.OTHER]
     report.scanned = len(names)

@@ -32,6 +32,7 @@ from janitor.operations.sweep import sweep_keys
 from janitor.redis_io import notifications
 from janitor.redis_io.lease import Fence
 from janitor.redis_io.notifications import Flags, Read
+from janitor.redis_io.pacing import Pacer
 from janitor.redis_io.scripts import Tally
 from janitor.reports.text import duration
 from janitor.service.metrics import Metrics, SweepRecorder
@@ -95,6 +96,8 @@ class Watcher:
         self.recheck_s = recheck_s
         self.retry_s = retry_s  # first back-off after a failure; doubles up to 30 s
         self.layout = settings.layout
+        # One pacer for every batch: what it learns of DECIDE's cost carries over, and so does the key rate.
+        self.pacer = Pacer(settings.max_batch_ms, settings.scan_count, settings.max_keys_per_second)
         # Where CONFIG GET is refused, a SET of this key (a name no Celery client writes; the ACL
         # grant's ~*celery* covers it) shows whether notifications are on.
         self.probe_key = (settings.key_prefix + "celery-janitor:watch-probe").encode()
@@ -308,7 +311,9 @@ class Watcher:
 
     def _batch(self, pending: dict[bytes, float]) -> None:
         try:
-            report = sweep_keys(self.client, self.settings, list(pending), fence=self.fence, timer=self.timer)
+            report = sweep_keys(
+                self.client, self.settings, list(pending), fence=self.fence, timer=self.timer, pacer=self.pacer
+            )
         except Exception as exc:  # noqa: BLE001 - a failed batch is a gap; the next full pass covers its keys
             self._gap("batch_failed", exc)
             return
