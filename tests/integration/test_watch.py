@@ -321,6 +321,28 @@ class TestGaps:
             >= 1
         )
 
+    def test_notifications_turned_off_and_on_are_noticed(
+        self, client: redis.Redis, settings: config.Settings, notify: Callable[[str], None]
+    ) -> None:
+        """Someone turns notifications off while it watches: the next re-check finds it, counts a gap, asks for a
+        full pass and says why; turned on again, it watches again."""
+        notify("E$")
+        metrics = Metrics(CollectorRegistry())
+        asked = threading.Event()
+        with (
+            structlog.testing.capture_logs() as logs,
+            watching(settings, client, metrics, on_gap=asked.set, recheck_s=0.2) as watcher,
+        ):
+            assert watcher.wait_watching(DEADLINE)
+            notify("")
+            wait_for(asked.is_set, DEADLINE, "a full pass to be asked for")
+            wait_for(lambda: watcher.unbroken_since() is None, DEADLINE, "watch mode to stop")
+            notify("E$")
+            assert watcher.wait_watching(DEADLINE)
+        assert _sample(metrics, "janitor_watch_gaps_total", reason="notifications_off") == 1
+        events = [e["event"] for e in logs if e["event"] in {"watch.on", "watch.unavailable"}]
+        assert events == ["watch.on", "watch.unavailable", "watch.on"]
+
     def test_fenced_batch_is_a_gap(
         self, client: redis.Redis, settings: config.Settings, notify: Callable[[str], None]
     ) -> None:
