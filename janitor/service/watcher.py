@@ -131,6 +131,7 @@ class Watcher:
         if self._thread is not None:
             self._thread.join(timeout)
         self._since = None
+        self._reason = _unstarted(self.settings)  # so the next start says its mode again
         self.metrics.gauge("janitor_watch_active").set(0)
 
     # -- what others ask ---------------------------------------------------

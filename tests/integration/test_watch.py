@@ -178,14 +178,14 @@ class TestFallback:
             threading.Event().wait(1.0)  # several re-checks: still one line
             assert watcher.unbroken_since() is None
             assert _subscribers(client) == 0
+            assert not watcher.status().watching
+            assert "notifications are off" in watcher.status().reason
         (line,) = [e for e in logs if e["event"] == "watch.unavailable"]
         assert line["reason"] == "keyspace notifications are off (notify-keyspace-events='')"
         assert "JANITOR_SWEEP_INTERVAL" in line["fallback"]
         assert "CONFIG SET notify-keyspace-events E$" in line["fix"]
         assert "heroku redis:keyspace-notifications" in line["fix"]
         assert client.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""  # auto changes nothing
-        assert not watcher.status().watching
-        assert "notifications are off" in watcher.status().reason
 
     def test_on_turns_notifications_on_keeping_existing_flags(
         self, client: redis.Redis, settings: config.Settings, notify: Callable[[str], None]
