@@ -67,7 +67,8 @@ class Monitor(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        with self.client.monitor() as m, contextlib.suppress(redis.ConnectionError):  # the server stops first
+        monitor = self.client.monitor()  # type: ignore[no-untyped-call]
+        with monitor as m, contextlib.suppress(redis.ConnectionError):  # the server stops first
             self.ready.set()
             for event in m.listen():
                 if self.stop.is_set():

@@ -18,14 +18,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Every command that can leave a string key without a TTL (create or overwrite one, or
-# take its TTL away), or bring one into this database. A Celery result or group is
-# only ever written by SET (SETEX/PSETEX when result_expires is set, which gives it a
-# TTL); the rest are here because nothing stops another client from using them.
+# Every command that can leave a key of a kind the sweep handles without a TTL: create or
+# overwrite one (strings: results, groups, chord sizes and counters; lists and sorted sets:
+# chord joins, pidbox replies; sets: chord dedup), take its TTL away, or bring one into the
+# database. Celery writes results and groups with SET, chord parts with RPUSH/ZADD/INCR/SADD,
+# kombu replies with LPUSH; the rest are here because nothing stops another client using them.
 RESULT_WRITES = frozenset(
     {
         "set", "setnx", "setrange", "append", "getset", "getex", "mset", "msetnx", "persist",
         "rename", "renamenx", "copy", "move", "restore", "restore-asking", "swapdb", "migrate",
+        "incr", "incrby", "decr", "decrby", "incrbyfloat", "setbit", "bitop", "bitfield", "pfadd", "pfmerge",
+        "lpush", "rpush", "lmove", "blmove", "rpoplpush", "brpoplpush", "sort",
+        "zadd", "zincrby", "zunionstore", "zinterstore", "zdiffstore", "zrangestore", "georadius",
+        "georadiusbymember", "geosearchstore", "geoadd", "sadd", "smove", "sinterstore", "sunionstore",
+        "sdiffstore",
     }
 )  # fmt: skip
 
@@ -43,12 +49,9 @@ TTL_WRITES = frozenset({"setex", "psetex", "expire", "pexpire", "expireat", "pex
 BROKER_WRITES = RESULT_WRITES | frozenset(
     {
         "del", "unlink", "getdel", "flushdb", "flushall", "hset", "hsetnx", "hmset", "hdel", "hincrby",
-        "hincrbyfloat", "lpush", "rpush", "lpushx", "rpushx", "lpop", "rpop", "blpop", "brpop", "lmpop",
-        "blmpop", "lmove", "blmove", "rpoplpush", "brpoplpush", "lrem", "ltrim", "lset", "linsert", "sadd",
-        "srem", "spop", "smove", "sinterstore", "sunionstore", "sdiffstore", "zadd", "zincrby", "zrem",
-        "zremrangebyscore", "zremrangebyrank", "zremrangebylex", "zpopmin", "zpopmax", "bzpopmin",
-        "bzpopmax", "zmpop", "bzmpop", "zrangestore", "zunionstore", "zinterstore", "zdiffstore",
-        "incr", "incrby", "decr", "decrby", "incrbyfloat",
+        "hincrbyfloat", "lpushx", "rpushx", "lpop", "rpop", "blpop", "brpop", "lmpop", "blmpop", "lrem",
+        "ltrim", "lset", "linsert", "srem", "spop", "zrem", "zremrangebyscore", "zremrangebyrank",
+        "zremrangebylex", "zpopmin", "zpopmax", "bzpopmin", "bzpopmax", "zmpop", "bzmpop",
     }
 )  # fmt: skip
 

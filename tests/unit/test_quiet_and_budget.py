@@ -38,6 +38,11 @@ class TestMark:
         assert not mark(set=4, get=9).unchanged_since(before, RESULT_WRITES)
         assert not mark(set=3, get=9, persist=1).unchanged_since(before, RESULT_WRITES)  # a TTL taken away
 
+    @pytest.mark.parametrize("command", ["rpush", "zadd", "incr", "sadd", "lpush"])
+    def test_chord_and_reply_keys_count_as_writes(self, command: str) -> None:
+        """A chord's join list, counter and dedup set, a pidbox reply: keys the sweep gives a TTL."""
+        assert not mark(set=3, **{command: 1}).unchanged_since(mark(set=3), RESULT_WRITES)
+
     def test_another_server_or_a_restart_is_never_unchanged(self) -> None:
         assert not mark("r2", set=3).unchanged_since(mark("r1", set=3), RESULT_WRITES)
 
