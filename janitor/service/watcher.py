@@ -171,6 +171,8 @@ class Watcher:
     def _flags(self) -> Flags:
         """Read the flags (and turn them on with JANITOR_WATCH=on). REFUSED: CONFIG GET was refused, so
         only a probe can tell (:meth:`_probe`); a refused CONFIG SET leaves the flags known to be off."""
+        if self._refusal:  # asked once: every refusal is a line in the server's ACL LOG
+            return Flags(Read.REFUSED, "", self._refusal)
         tally = Tally()
         try:
             flags = notifications.read(self.client, tally)

@@ -55,12 +55,14 @@ def _from_janitor(frame: FrameType | None) -> bool:
 
 def _documented_extras(name: str, args: tuple[Any, ...]) -> list[str]:
     """The grants docs/acl.md tells a user to add: kombu's event channel for their prefix and
-    db, ``~<queue>*`` for each queue not named like ``*celery*`` that restore pushes to, and
-    ``+config|set`` with JANITOR_WATCH=on."""
+    db, ``~<queue>*`` for each queue not named like ``*celery*`` that restore pushes to,
+    ``+config|set`` with JANITOR_WATCH=on, and the optional ``+config|get``."""
     if name == "PSUBSCRIBE" and EVENTS.fullmatch(str(args[1])):
         return [f"&{args[1]}"]
     if name == "CONFIG SET" and _text(args[1]) == "notify-keyspace-events":  # JANITOR_WATCH=on
         return ["+config|set"]
+    if name == "CONFIG GET" and _text(args[1]) == "notify-keyspace-events":  # optional: the probe does without
+        return ["+config|get"]
     if name == "EVALSHA" and args[1] == scripts.RESTORE.sha:
         queues = args[3 + 5 : 3 + int(args[2])]  # KEYS: unacked, index, mutex, counter, dead list, queues...
         return [f"~{_text(q)}*" for q in queues if b"celery" not in _bytes(q)]
