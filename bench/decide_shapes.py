@@ -89,16 +89,18 @@ def best(repeat: int, setup: Callable[[], None], run: Callable[[], Any]) -> tupl
     return min(times), result
 
 
-class _Padded(scripts.Tally):
-    """A Tally for an older DECIDE whose reply has no group count: adds a 0 where it goes."""
+class _Alternate(scripts.Tally):
+    """Runs ``script`` wherever the sweep calls DECIDE; to an older reply (no group count) adds a 0 where it goes."""
 
-    def __init__(self, header: int) -> None:
+    def __init__(self, script: scripts.Script, header: int) -> None:
         super().__init__()
-        self.header = header
+        self.script, self.header = script, header
 
     def run(self, client: redis.Redis, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
-        reply = super().run(client, script, keys, args)
-        return [*reply[:6], 0, *reply[6:]] if script is scripts.DECIDE and self.header == 6 else reply
+        if script.name != "decide":
+            return super().run(client, script, keys, args)
+        reply = super().run(client, self.script, keys, args)
+        return [*reply[:6], 0, *reply[6:]] if self.header == 6 else reply
 
 
 class Shapes:
@@ -108,6 +110,7 @@ class Shapes:
         self.client, self.now, self.repeat = client, now, repeat
         self.header = 7 if "ARGV[18]" in source else 6  # the reply's totals before the rows it hands back
         self.settings = config.load({"JANITOR_REDIS_URL": "redis://127.0.0.1:1/0"})
+        self.script = scripts.Script("decide", source)
         self.decide_sha = client.script_load(source)
         self.ceiling_sha = client.script_load((HERE / "ceiling_b.lua").read_text(encoding="utf-8"))
         self.parts = {name: client.script_load(lua) for name, lua in PARTS.items()}
@@ -117,7 +120,7 @@ class Shapes:
         self.ceiling_args += [s.max_value_bytes, s.group_ttl * 1000]
 
     def new_pass(self) -> sweep._Pass:
-        report = sweep.SweepReport(dry_run=False, tally=_Padded(self.header))
+        report = sweep.SweepReport(dry_run=False, tally=_Alternate(self.script, self.header))
         return sweep._Pass(self.client, self.settings, report, Fence, lambda: self.now)
 
     def row(self, shape: str, data: dict[bytes, bytes]) -> str:
@@ -159,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--decide", type=Path, help="another decide.lua to time (default: the packaged one)")
     args = parser.parse_args(argv)
-    source = args.decide.read_text(encoding="utf-8") if args.decide else scripts.DECIDE.source
-    scripts.DECIDE = scripts.Script("decide", source)  # what the sweep's own calls run too
+    packaged = Path(scripts.__file__).resolve().parent / "lua" / "decide.lua"
+    source = (args.decide or packaged).read_text(encoding="utf-8")
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rng = random.Random(3)
     with embedded.running(args.engine) as server:
