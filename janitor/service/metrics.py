@@ -239,7 +239,7 @@ class Metrics:
 
     def add_commands(self, commands: Mapping[str, int]) -> None:
         for command, n in commands.items():
-            if n:
+            if n > 0:
                 self.counter("janitor_redis_commands_total").labels(command).inc(n)
         self._sent.n = self.sent_on_this_thread() + sum(commands.values())
 
@@ -301,8 +301,11 @@ class SweepRecorder:
             self._add(c("janitor_keys_skipped_total").labels(reason), ("skipped", reason), n)
         for reason, n in report.skipped_bytes.items():
             self._add(c("janitor_skipped_value_bytes_total").labels(reason), ("skipped_bytes", reason), n)
+        sent = {}
         for command, n in report.tally.commands.items():
-            self._add(c("janitor_redis_commands_total").labels(command), ("command", command), n)
+            sent[command] = n - self._seen.get(("command", command), 0)
+            self._seen["command", command] = n
+        self.metrics.add_commands(sent)  # counted with the other jobs' (and the running job's own)
 
     def _add(self, counter: Counter, key: tuple[str, str], total: int) -> None:
         delta = total - self._seen.get(key, 0)
