@@ -1,9 +1,9 @@
 """What an idle `celery-janitor run` sends to Redis, counted by the server.
 
 Starts a private server, writes a clean Celery keyspace (``--results`` results that
-already have their TTL, as after a first sweep, plus the demo's broker keys with no
-traffic), starts the daemon with its defaults (plus any ``--env NAME=VALUE``), and
-records every command the daemon's connections send with ``MONITOR``. Commands run
+already have their TTL, as after a first sweep, and the queue kombu binds, with nothing
+waiting and nothing unacked: no broker traffic), starts the daemon with its defaults
+(plus any ``--env NAME=VALUE``), and records every command the daemon's connections send with ``MONITOR``. Commands run
 inside scripts are not counted: only what crosses the wire, which is what a
 pay-per-command provider bills. The first ``--warmup`` seconds (start-up: script
 loads, the first pass, the first census) are shown apart; the rest is extrapolated
@@ -32,7 +32,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import kombu
 import redis
 
 from janitor import config
@@ -41,8 +43,9 @@ from janitor.dev import demo, embedded
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def clean_keyspace(client: redis.Redis, results: int) -> None:
-    """``results`` results, each already with its TTL (a day from its date_done), and kombu's broker keys."""
+def clean_keyspace(client: redis.Redis, url: str, results: int) -> None:
+    """``results`` results, each already with its TTL (a day from its date_done), and an idle broker:
+    the queue ``celery`` bound by kombu itself, nothing waiting, nothing unacked."""
     now = dt.datetime.now(dt.UTC)
     pipe = client.pipeline(transaction=False)
     for i in range(results):
@@ -53,7 +56,9 @@ def clean_keyspace(client: redis.Redis, results: int) -> None:
         if i % 1000 == 999:
             pipe.execute()
     pipe.execute()
-    demo.fill(client, results=0)
+    k: Any = kombu  # untyped
+    with k.Connection(url) as conn:
+        k.Queue("celery", k.Exchange("celery", type="direct"), routing_key="celery")(conn.default_channel).declare()
 
 
 class Monitor(threading.Thread):
@@ -107,7 +112,7 @@ def main() -> int:
 
     with embedded.running(args.engine) as server:
         client = server.client()
-        clean_keyspace(client, args.results)
+        clean_keyspace(client, server.url, args.results)
         print(
             f"{server.engine}: {client.dbsize():,} keys, {args.results:,} results with a TTL; daemon env {extra or '-'}"
         )

@@ -43,6 +43,11 @@ class Readings:
         with self._lock:
             return self._latest
 
+    def baseline(self, client: redis.Redis, tally: scripts.Tally) -> Reading:
+        """What a run about to start compares later readings with: the newest one, whatever its
+        age (an older one only makes the next comparison stricter), read now if there is none."""
+        return self.after(float("-inf"), client, tally)
+
     def after(self, when: float, client: redis.Redis, tally: scripts.Tally) -> Reading:
         """A reading taken after ``when``: the newest one if it is, else a new one."""
         latest = self.latest()
@@ -81,7 +86,7 @@ class Unchanged:
         latest = readings.after(started, client, tally).mark
         return "no_writes" if latest is not None and latest.unchanged_since(mark, self.commands) else ""
 
-    def ran(self, started: float, before: Reading | None, *, reusable: bool) -> None:
-        """Record a run that started at ``started`` with ``before`` the newest reading then; ``reusable``:
-        nothing it found changes with time alone."""
-        self._last = (started, before.mark) if reusable and before is not None and before.mark else None
+    def ran(self, started: float, before: Reading, *, reusable: bool) -> None:
+        """Record a run that started at ``started`` with ``before`` its baseline; ``reusable``: nothing it
+        found changes with time alone."""
+        self._last = (started, before.mark) if reusable and before.mark else None

@@ -37,7 +37,7 @@ class BeatJob(Job):
             reason = self.unchanged.why_skip(readings, ctx.broker, tally, started)
             if reason:
                 return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
-            before = readings.latest()
+            before = readings.baseline(ctx.broker, tally)
             report = beat.check(ctx.broker, ctx.settings, now=ctx.clock(), tally=tally)
         finally:
             ctx.metrics.add_commands(tally.commands)

@@ -45,11 +45,12 @@ class BrokerJob(Job):
         readings = ctx.broker_readings or ctx.readings
         try:
             reason = self.unchanged.why_skip(readings, ctx.broker, tally, started)
+            before = None if reason else readings.baseline(ctx.broker, tally)
         finally:
             ctx.metrics.add_commands(tally.commands)
-        if reason:
+        if before is None:
             return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
-        before = readings.latest()
+        tally = scripts.Tally()
         try:
             report = broker.detect(
                 ctx.broker,

@@ -101,10 +101,18 @@ class ResultsJob(Job):
         if reason:
             ctx.book.skipped_sweep(reason)
             return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
-        before = ctx.readings.latest()
+        before = None if ctx.settings.redis_cluster else self._baseline(ctx)
         report = self._pass(ctx)
-        self.last = LastPass.of(report, now, epoch, before.mark if before else None) if report.completed else None
+        self.last = LastPass.of(report, now, epoch, before) if report.completed else None
         return Outcome(report.as_dict(), completed=report.completed)
+
+    @staticmethod
+    def _baseline(ctx: Context) -> Mark | None:
+        tally = scripts.Tally()
+        try:
+            return ctx.readings.baseline(ctx.client, tally).mark
+        finally:
+            ctx.metrics.add_commands(tally.commands)
 
     def _pass(self, ctx: Context) -> SweepReport:
         recorder = SweepRecorder(ctx.metrics, self.name)
