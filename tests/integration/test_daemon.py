@@ -11,28 +11,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from janitor.dev import demo, embedded
 from tests.support import wait_for
-from tests.support.daemons import LEASE_TTL, Janitor, launch, old_results, stop_all
-
-
-@pytest.fixture(name="spawn")
-def _spawn(server: embedded.Server, tmp_path: Path) -> Iterator[Callable[..., Janitor]]:
-    """Start daemons on the test server; every one is killed at the end, whatever happened."""
-    started: list[Janitor] = []
-
-    def spawn(**env: str) -> Janitor:
-        started.append(launch(tmp_path / f"janitor-{len(started)}.log", **({"JANITOR_REDIS_URL": server.url} | env)))
-        return started[-1]
-
-    yield spawn
-    stop_all(started)
+from tests.support.daemons import LEASE_TTL, Janitor, old_results
 
 
 def _leaders(janitors: list[Janitor]) -> list[Janitor]:

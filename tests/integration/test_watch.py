@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ from janitor.service.watcher import Watcher
 from tests.celery_app import make_app
 from tests.support import acl_audit, wait_for
 from tests.support.celery_keyspace import workers
-from tests.support.daemons import Janitor, launch, stop_all
+from tests.support.daemons import Janitor
 
 CHANNEL = "__keyevent@0__:set"
 DEADLINE = 10.0  # seconds a watched key may take to get its TTL here; the target is well under one
@@ -47,18 +46,6 @@ def _notify(client: redis.Redis) -> Iterator[Callable[[str], None]]:
     notify("")
     yield notify
     notify("")
-
-
-@pytest.fixture(name="spawn")
-def _spawn(server: embedded.Server, tmp_path: Path) -> Iterator[Callable[..., Janitor]]:
-    started: list[Janitor] = []
-
-    def spawn(**env: str) -> Janitor:
-        started.append(launch(tmp_path / f"janitor-{len(started)}.log", **({"JANITOR_REDIS_URL": server.url} | env)))
-        return started[-1]
-
-    yield spawn
-    stop_all(started)
 
 
 @contextlib.contextmanager
