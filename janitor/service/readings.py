@@ -77,16 +77,19 @@ class Unchanged:
 
     commands: frozenset[str]
     refresh: float
-    _last: tuple[float, Mark] | None = None  # start of the last run that can stand in, and the mark before it
+    # The last run that can stand in: when it started, its baseline's mark, and the time a reading
+    # must be newer than to say anything of what was written since (its start, or its baseline's
+    # reading when that was taken later).
+    _last: tuple[float, Mark, float] | None = None
 
     def why_skip(self, readings: Readings, client: redis.Redis, tally: scripts.Tally, now: float) -> str:
         if self._last is None or now - self._last[0] >= self.refresh:
             return ""
-        started, mark = self._last
-        latest = readings.after(started, client, tally).mark
+        _, mark, after = self._last
+        latest = readings.after(after, client, tally).mark
         return "no_writes" if latest is not None and latest.unchanged_since(mark, self.commands) else ""
 
     def ran(self, started: float, before: Reading, *, reusable: bool) -> None:
         """Record a run that started at ``started`` with ``before`` its baseline; ``reusable``: nothing it
         found changes with time alone."""
-        self._last = (started, before.mark) if reusable and before.mark else None
+        self._last = (started, before.mark, max(started, before.at)) if reusable and before.mark else None

@@ -94,6 +94,18 @@ class TestSkippedPasses:
         tick(daemon, "results")
         assert skipped(daemon, "results") == 2
 
+    def test_a_pass_that_read_its_own_baseline_sees_a_write_made_right_after(
+        self, daemon: Daemon, client: redis.Redis, server: embedded.Server
+    ) -> None:
+        """No INFO reading before the first pass: it reads its own. With no newer reading, the next run
+        reads INFO again rather than compare the baseline with itself."""
+        store(server.url, 1)
+        daemon.run_job(daemon.job("results"))
+        (later,) = store(server.url, 1)
+        daemon.run_job(daemon.job("results"))
+        assert skipped(daemon, "results") == 0
+        assert client.ttl(later) > 0
+
     @pytest.mark.parametrize(
         "write",
         [
@@ -181,6 +193,14 @@ class TestSkippedBrokerChecks:
         tick(daemon, "broker")
         tick(daemon, "broker")
         assert skipped(daemon, "broker") == 1
+
+    def test_a_check_that_read_its_own_baseline_sees_a_message_sent_right_after(
+        self, daemon: Daemon, client: redis.Redis, server: embedded.Server
+    ) -> None:
+        daemon.run_job(daemon.job("broker"))  # no INFO reading before it: it reads its own
+        producer(server.url).send_task("app.t")
+        daemon.run_job(daemon.job("broker"))
+        assert skipped(daemon, "broker") == 0
 
     def test_redbeat_absent_is_read_once(self, daemon: Daemon, client: redis.Redis) -> None:
         tick(daemon, "redbeat")

@@ -12,6 +12,7 @@ from janitor.operations.sweep import SweepReport
 from janitor.operations.writes import BROKER_WRITES, RESULT_WRITES, Mark
 from janitor.service import budget
 from janitor.service.jobs.results import LastPass, why_skip
+from janitor.service.readings import Reading
 
 
 def info(run_id: str = "r1", **calls: int) -> dict[str, object]:
@@ -70,6 +71,12 @@ def skip(lp: LastPass | None, s: Settings | None = None, **kw: object) -> str:
 
 
 class TestWhySkip:
+    def test_a_baseline_read_after_the_pass_started_is_what_later_readings_must_follow(self) -> None:
+        """A pass that had to read its own baseline: the reading that proves nothing was written
+        since must be newer than that baseline, not merely newer than the pass's start."""
+        assert LastPass.of(SweepReport(dry_run=False), 100.0, 1, Reading(100.5, mark(set=3))).compare_after == 100.5
+        assert LastPass.of(SweepReport(dry_run=False), 100.0, 1, Reading(42.0, mark(set=3))).compare_after == 100.0
+
     def test_first_pass_always_runs(self) -> None:
         asked = []
         assert skip(None, mark=lambda: asked.append(1)) == ""
@@ -118,7 +125,7 @@ class TestWhySkip:
     def test_keys_time_can_make_due_keep_passes_running(self, reason: str) -> None:
         report = SweepReport(dry_run=False)
         report.skipped = collections.Counter({reason: 1})
-        pass_ = LastPass.of(report, 100.0, 1, mark(set=3))
+        pass_ = LastPass.of(report, 100.0, 1, Reading(90.0, mark(set=3)))
         assert pass_.revisit
         assert skip(pass_) == ""
         assert skip(pass_, watching_since=0.0) == ""
@@ -126,7 +133,7 @@ class TestWhySkip:
     def test_keys_skipped_for_good_do_not(self) -> None:
         report = SweepReport(dry_run=False)
         report.skipped = collections.Counter({"not_json": 5, "too_large": 1})
-        assert skip(LastPass.of(report, 100.0, 1, mark(set=3))) == "no_writes"
+        assert skip(LastPass.of(report, 100.0, 1, Reading(90.0, mark(set=3)))) == "no_writes"
 
     def test_dry_run_runs_every_pass(self) -> None:
         assert skip(last(), settings(dry_run=True)) == ""

@@ -18,6 +18,7 @@ from janitor.operations.writes import NOTIFIED_AS_SET, RESULT_WRITES, TTL_WRITES
 from janitor.redis_io import scripts
 from janitor.service.jobs.base import Context, Job, Outcome
 from janitor.service.metrics import SweepRecorder
+from janitor.service.readings import Reading
 
 # Skips whose key can become one the rules act on without anything being written:
 # a date_done in the future gets due with time.
@@ -30,12 +31,18 @@ class LastPass:
 
     started: float  # time.monotonic()
     epoch: int  # the lease's epoch it ran under
-    mark: Mark | None  # the newest reading taken before it started
+    mark: Mark | None  # its baseline: the newest reading when it started, or one read then
     revisit: bool  # it left keys that time alone can make due
+    # Only a reading taken after both the pass's start and its baseline says anything of what
+    # was written since.
+    compare_after: float = float("-inf")
 
     @classmethod
-    def of(cls, report: SweepReport, started: float, epoch: int, mark: Mark | None) -> LastPass:
-        return cls(started, epoch, mark, any(report.skipped[r] for r in TIME_DEPENDENT_SKIPS))
+    def of(cls, report: SweepReport, started: float, epoch: int, baseline: Reading | None) -> LastPass:
+        revisit = any(report.skipped[r] for r in TIME_DEPENDENT_SKIPS)
+        if baseline is None:
+            return cls(started, epoch, None, revisit)
+        return cls(started, epoch, baseline.mark, revisit, max(started, baseline.at))
 
 
 def why_skip(
@@ -92,7 +99,7 @@ class ResultsJob(Job):
         def mark() -> Mark | None:
             assert last is not None
             try:
-                return ctx.readings.after(last.started, ctx.client, tally).mark
+                return ctx.readings.after(last.compare_after, ctx.client, tally).mark
             finally:
                 ctx.metrics.add_commands(tally.commands)
 
@@ -107,10 +114,10 @@ class ResultsJob(Job):
         return Outcome(report.as_dict(), completed=report.completed)
 
     @staticmethod
-    def _baseline(ctx: Context) -> Mark | None:
+    def _baseline(ctx: Context) -> Reading:
         tally = scripts.Tally()
         try:
-            return ctx.readings.baseline(ctx.client, tally).mark
+            return ctx.readings.baseline(ctx.client, tally)
         finally:
             ctx.metrics.add_commands(tally.commands)
 
