@@ -290,10 +290,10 @@ class TestWatchModePasses:
         daemon = make(janitor_settings(server.url))
         daemon.watcher.start()
         try:
-            assert daemon.watcher.wait_watching(10)
+            assert daemon.watcher.wait_watching(30)
             tick(daemon, "results")  # the pass watch mode's unbroken stretch starts after
             keys = store(server.url, 5)
-            wait_for(lambda: all(client.ttl(k) > 0 for k in keys), 10, "TTLs from watch mode")
+            wait_for(lambda: all(client.ttl(k) > 0 for k in keys), 30, "TTLs from watch mode")
             tick(daemon, "results")
             assert skipped(daemon, "results", "watching") == 1
 
