@@ -33,11 +33,12 @@ class Readings:
         self._latest: Reading | None = None
         self._lock = threading.Lock()
 
-    def record(self, info: Mapping[str, Any], at: float) -> None:
+    def record(self, info: Mapping[str, Any], at: float) -> Reading:
         reading = Reading(at, Mark.of(info))
         with self._lock:
             if self._latest is None or at >= self._latest.at:
                 self._latest = reading
+        return reading
 
     def latest(self) -> Reading | None:
         with self._lock:
@@ -54,8 +55,7 @@ class Readings:
         if latest is not None and latest.at > when:
             return latest
         at = self.clock()
-        self.record(read_info(client, tally), at)
-        return self.latest() or Reading(at, None)
+        return self.record(read_info(client, tally), at)
 
 
 def read_info(client: redis.Redis, tally: scripts.Tally) -> dict[str, Any]:
@@ -81,15 +81,21 @@ class Unchanged:
     # must be newer than to say anything of what was written since (its start, or its baseline's
     # reading when that was taken later).
     _last: tuple[float, Mark, float] | None = None
+    _running: tuple[float, Reading] | None = None  # the run begun: its start and baseline
 
-    def why_skip(self, readings: Readings, client: redis.Redis, tally: scripts.Tally, now: float) -> str:
-        if self._last is None or now - self._last[0] >= self.refresh:
-            return ""
-        _, mark, after = self._last
-        latest = readings.after(after, client, tally).mark
-        return "no_writes" if latest is not None and latest.unchanged_since(mark, self.commands) else ""
+    def begin(self, readings: Readings, client: redis.Redis, tally: scripts.Tally) -> str:
+        """Why this run can be skipped; or "" once its baseline is taken (then :meth:`ran` when it is done)."""
+        now = readings.clock()
+        if self._last is not None and now - self._last[0] < self.refresh:
+            _, mark, after = self._last
+            latest = readings.after(after, client, tally).mark
+            if latest is not None and latest.unchanged_since(mark, self.commands):
+                return "no_writes"
+        self._running = (now, readings.baseline(client, tally))
+        return ""
 
-    def ran(self, started: float, before: Reading, *, reusable: bool) -> None:
-        """Record a run that started at ``started`` with ``before`` its baseline; ``reusable``: nothing it
-        found changes with time alone."""
+    def ran(self, *, reusable: bool) -> None:
+        """The run begun is done; ``reusable``: nothing it found changes with time alone."""
+        assert self._running is not None
+        started, before = self._running
         self._last = (started, before.mark, max(started, before.at)) if reusable and before.mark else None

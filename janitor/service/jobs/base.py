@@ -35,12 +35,11 @@ class Context:
     clock: Callable[[], float] = time.time
     # The newest INFO reading of each server: what tells a job whether anything was written since its last run.
     readings: Readings = field(default_factory=Readings)
-    broker_readings: Readings | None = None  # the broker's, when it is apart; else ``readings``
+    broker_readings: Readings = field(init=False)  # the broker's, when it is apart; else ``readings``
     watch: Watcher | None = None  # watch mode's listener, while this instance leads (JANITOR_WATCH)
 
     def __post_init__(self) -> None:
-        if self.broker_readings is None:
-            self.broker_readings = self.readings if self.broker is self.client else Readings()
+        self.broker_readings = self.readings if self.broker is self.client else Readings()
 
     def should_stop(self) -> bool:
         """Checked between batches: shutting down, or the lease may have lapsed locally (the fence

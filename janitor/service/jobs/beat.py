@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import structlog
 
 from janitor.config import Settings
@@ -31,18 +29,15 @@ class BeatJob(Job):
 
     def run(self, ctx: Context) -> Outcome:
         tally = scripts.Tally()
-        started = time.monotonic()
-        readings = ctx.broker_readings or ctx.readings
         try:
-            reason = self.unchanged.why_skip(readings, ctx.broker, tally, started)
+            reason = self.unchanged.begin(ctx.broker_readings, ctx.broker, tally)
             if reason:
                 return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
-            before = readings.baseline(ctx.broker, tally)
             report = beat.check(ctx.broker, ctx.settings, now=ctx.clock(), tally=tally)
         finally:
             ctx.metrics.add_commands(tally.commands)
         # Without a schedule there is nothing to fall overdue: only a write can start one.
-        self.unchanged.ran(started, before, reusable=not report.present)
+        self.unchanged.ran(reusable=not report.present)
         if ctx.lease.held():
             ctx.metrics.beat_seen(report)
         ctx.book.checked_beat(report)

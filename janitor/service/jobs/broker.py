@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import structlog
@@ -41,17 +40,11 @@ class BrokerJob(Job):
 
     def run(self, ctx: Context) -> Outcome:
         tally = scripts.Tally()
-        now, started = ctx.clock(), time.monotonic()
-        readings = ctx.broker_readings or ctx.readings
+        now = ctx.clock()
         try:
-            reason = self.unchanged.why_skip(readings, ctx.broker, tally, started)
-            before = None if reason else readings.baseline(ctx.broker, tally)
-        finally:
-            ctx.metrics.add_commands(tally.commands)
-        if before is None:
-            return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
-        tally = scripts.Tally()
-        try:
+            reason = self.unchanged.begin(ctx.broker_readings, ctx.broker, tally)
+            if reason:
+                return Outcome({"commands": sum(tally.commands.values())}, skipped=reason)
             report = broker.detect(
                 ctx.broker,
                 ctx.settings,
@@ -85,7 +78,7 @@ class BrokerJob(Job):
         if restored is not None:
             ctx.metrics.restored(restored)
             fields["restore"] = restored.as_dict()
-        self.unchanged.ran(started, before, reusable=_quiet(report))
+        self.unchanged.ran(reusable=_quiet(report))
         return Outcome(fields)
 
     def _dead_letters(
