@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime as dt
 import random
 import sys
@@ -121,7 +122,14 @@ class Shapes:
 
     def new_pass(self) -> sweep._Pass:
         report = sweep.SweepReport(dry_run=False, tally=_Alternate(self.script, self.header))
-        return sweep._Pass(self.client, self.settings, report, Fence, lambda: self.now)
+        run = sweep._Pass(self.client, self.settings, report, Fence, lambda: self.now)
+        run.retention = dataclasses.replace(run.retention, deadline_us=0)  # one call over all the keys of a shape
+        return run
+
+    def whole(self, keys: list[bytes]) -> None:
+        run = self.new_pass()
+        run._decide(keys=keys)
+        run.flush()
 
     def row(self, shape: str, data: dict[bytes, bytes]) -> str:
         client, keys, repeat = self.client, list(data), self.repeat
@@ -132,15 +140,16 @@ class Shapes:
             client.mset(data)
 
         r = self.new_pass().retention
-        args: list[Any] = [b"", 0, "", len(keys), "", 0, (self.now - sweep.EPOCH) // dt.timedelta(microseconds=1)]
-        args += [r.result_ttl_ms, r.failure_ttl_ms, r.pending_ttl_ms, r.future_tolerance_us, r.max_value]
-        args += [r.task_prefix, r.group_prefix, r.budget, int(r.naive_utc), r.edge, r.group_ttl_ms]
+        now_us = (self.now - sweep.EPOCH) // dt.timedelta(microseconds=1)
+        args = scripts.decide_argv(
+            r, cursor=b"", count=0, match="", limit=len(keys), token="", dry_run=False, now_us=now_us
+        )
         decide_s, reply = best(
             repeat, load, lambda: client.evalsha(self.decide_sha, 1 + len(keys), b"lease", *keys, *args)
         )
         handed = collections.Counter(scripts.Code(int(code)).name for code in reply[self.header + 1 :: 3])
         # The sweep's whole work on these keys by name: DECIDE, then Python for what it handed back.
-        whole_s, _ = best(repeat, load, lambda: self.new_pass()._decide(keys=keys))
+        whole_s, _ = best(repeat, load, lambda: self.whole(keys))
         count = 10 * len(keys)
         ceiling_s, _ = best(repeat, load, lambda: client.evalsha(self.ceiling_sha, 0, 0, count, *self.ceiling_args))
         load()

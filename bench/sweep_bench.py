@@ -418,6 +418,29 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def pin(client: redis.Redis) -> str:
+    """Give the server a CPU of its own and this process (the janitor, the probe it starts) the
+    others. SLOWLOG times a call by the wall clock, so a server preempted by the bench's own
+    processes would count their time against the call it was running."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one CPU)"
+    pid = client.info("server")["process_id"]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpus[-1]} if int(task.name) == pid else set(cpus[:-1]))
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return f"server on CPU {cpus[-1]}, the bench and the janitor on {','.join(map(str, cpus[:-1]))}"
+
+
+def preemptions(client: redis.Redis) -> int:
+    """Times the OS took the CPU from the server's main thread (a call's wall time includes them)."""
+    pid = client.info("server")["process_id"]
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 def command_calls(client: redis.Redis) -> collections.Counter[str]:
     """Calls per command since start, harness commands left out."""
     out: collections.Counter[str] = collections.Counter()
@@ -435,12 +458,13 @@ def measure(
     calls0 = command_calls(client)  # before the probe starts: its SET and every GET are subtracted below
     with probe(port, latency):
         client.slowlog_reset()
-        cpu0 = redis_cpu(client)
+        cpu0, preempted0 = redis_cpu(client), preemptions(client)
         with RssPeak() as rss:
             t0 = time.perf_counter()
             work = RUNNERS[name](client, settings, now)
             wall = time.perf_counter() - t0
         cpu = redis_cpu(client) - cpu0
+        preempted = preemptions(client) - preempted0
     calls = command_calls(client) - calls0
     calls["get"] -= int(latency["gets"])
     calls["set"] -= 1
@@ -449,6 +473,8 @@ def measure(
     slow_us = [int(e["duration"]) for e in slow if _slow_cmd(e) not in HARNESS]
     over = [e for e in slow if _slow_cmd(e) not in HARNESS and int(e["duration"]) > slow_guard_us]
     work.notes["over_guard"] = [(round(int(e["duration"]) / 1000, 2), _slow_args(e)) for e in over[:20]]
+    work.notes["server_preempted"] = preempted
+    work.notes["over_slowlog_threshold"] = len(slow_us)
     client_cmds = sum(work.commands.values())
     xchk = all(server.get(cmd.lower().replace(" ", "|"), 0) == n for cmd, n in work.commands.items())
     scanned = max(work.scanned, 1)
@@ -551,6 +577,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict[str, 
     with embedded.running(args.engine) as server:
         client = server.client()
         version = client.info("server")
+        pinned = pin(client) if args.pin else "not pinned (--no-pin)"
         client.config_set("slowlog-log-slower-than", slow_us)
         client.config_set("slowlog-max-len", 10_000)
         client.script_load(CEILING_B.source)
@@ -579,6 +606,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict[str, 
                 )
             )
             docs[-1]["loadavg_start"] = load_start
+            docs[-1]["pinned"] = pinned
             docs[-1]["total_s"] = round(time.perf_counter() - started, 1)
     return docs
 
@@ -695,7 +723,8 @@ def table(doc: dict[str, Any]) -> str:
         "loadavg start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(
             *doc["loadavg_start"], *doc["loadavg_end"]
         ),
-        f"slowlog threshold {doc['slowlog_threshold_us']} us; janitor guard (max_batch_ms) {doc['guard_us']} us",
+        f"slowlog threshold {doc['slowlog_threshold_us']} us; janitor guard (max_batch_ms) {doc['guard_us']} us; "
+        f"{doc.get('pinned', 'not pinned')}",
         "",
     ]
     head = (
@@ -733,7 +762,9 @@ def table(doc: dict[str, Any]) -> str:
             n = r["notes"]
             lines.append(
                 f"{r['name']}: {n['batches']} batches, {r['scanned'] / n['batches']:.0f} keys per batch "
-                f"(scan_count {doc['settings']['scan_count']}), skipped {n['skipped']}, raced {n['raced']}"
+                f"(scan_count {doc['settings']['scan_count']}), skipped {n['skipped']}, raced {n['raced']}, "
+                f"server preempted {n.get('server_preempted', 0)} times, "
+                f"{n.get('over_slowlog_threshold', 0)} calls over {doc['slowlog_threshold_us']} us"
             )
             for ms, command in n.get("over_guard", []):
                 lines.append(f"  over the guard: {ms} ms  {command}")
@@ -757,6 +788,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)}")
     parser.add_argument(
         "--naive-keys", type=int, default=0, help="result keys for the naive rows (default: keys/5, at most 100000)"
+    )
+    parser.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=True, help="give the server a CPU of its own"
     )
     parser.add_argument("--slowlog-us", type=int, default=None, help="slowlog threshold (default: the janitor guard)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")

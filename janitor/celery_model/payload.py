@@ -37,6 +37,9 @@ _DEEP_YAML = re.compile(rb"^[ \t-]{200,}", re.MULTILINE)
 
 # Head and tail read of a value too large to read whole (bytes each; see edge_result_meta).
 EDGE_BYTES = 4096
+# A JSON task meta at least this long is judged from its head and its last EDGE_FIRST_BYTES
+# before it is parsed whole (edge_first_meta): DECIDE then never reads a traceback.
+EDGE_FIRST_BYTES = 1024
 
 
 class PayloadError(ValueError):
@@ -222,14 +225,15 @@ def edge_result_meta(edges: Edges, *, naive: dt.tzinfo = dt.UTC) -> ResultMeta:
        1 (a member of the outermost object, not of a nested result, kwargs or stamp) that
        is followed by `` "date_done": `` is a candidate.
     2. What follows that comma must parse, with the ordinary JSON parser, as one object
-       that consumes the tail to its last byte, starts with date_done, ends with task_id and
-       repeats no member: from a comma inside a nested value, that value's closing bracket
-       would end the object before the tail does.
+       that consumes the tail to its last byte, starts with date_done and ends with task_id:
+       from a comma inside a nested value, that value's closing bracket would end the object
+       before the tail does.
 
     Either check alone rules out a wrong member (tests/unit/test_large_results.py holds both to
     the whole value's decision). With the head, the outermost object's first member read
     forwards from byte 0, these are the members a parse of the whole value returns: Celery
-    writes each member once.
+    writes each member once, and a member the tail repeats is read as a whole parse reads it,
+    the last one winning.
     """
     head = _JSON_HEAD.match(edges.head)
     if head is None or not edges.tail.endswith(b"}"):
@@ -239,6 +243,25 @@ def edge_result_meta(edges: Edges, *, naive: dt.tzinfo = dt.UTC) -> ResultMeta:
     if not isinstance(task_id, str):
         raise PayloadError("too_large")
     return _meta(head.group(1).decode("ascii"), members["date_done"], task_id, "json", naive)
+
+
+def edge_first_meta(raw: bytes, *, naive: dt.tzinfo = dt.UTC) -> ResultMeta | None:
+    """The meta of a value of at least EDGE_FIRST_BYTES read whole, judged from its head and
+    last EDGE_FIRST_BYTES as edge_result_meta judges one too large to read; None when it is
+    shorter or those bytes do not say (it is then parsed whole).
+
+    On valid JSON both give the same meta (tests/unit/test_large_results.py). What the edges
+    do not see is not checked: a value whose middle is not valid JSON is judged by its edges,
+    as one over JANITOR_MAX_VALUE_BYTES always was.
+    """
+    if len(raw) < EDGE_FIRST_BYTES:
+        return None
+    try:
+        return edge_result_meta(Edges(len(raw), raw[:EDGE_BYTES], raw[-EDGE_FIRST_BYTES:]), naive=naive)
+    except PayloadError as exc:
+        if exc.reason == "too_large":
+            return None
+        raise
 
 
 def _tail_members(tail: bytes) -> dict[str, Any]:
@@ -279,7 +302,7 @@ def _members(text: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise PayloadError("too_large") from None
     names = [name for name, _ in objects[-1]] if isinstance(value, dict) else []
-    if not names or names[0] != "date_done" or names[-1] != "task_id" or len(set(names)) != len(names):
+    if not names or names[0] != "date_done" or names[-1] != "task_id":
         raise PayloadError("too_large")
     return value  # type: ignore[no-any-return]
 

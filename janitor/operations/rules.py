@@ -77,7 +77,9 @@ def decide(
         if value is None:
             return None
         try:
-            meta = payload.result_meta(value, max_bytes=settings.max_value_bytes, naive=settings.naive_zone)
+            meta = payload.edge_first_meta(value, naive=settings.naive_zone) or payload.result_meta(
+                value, max_bytes=settings.max_value_bytes, naive=settings.naive_zone
+            )
         except payload.PayloadError as exc:
             return Skip(exc.reason)
         delete_guard = f"S{len(value)}:{sha1(value)}"

@@ -27,7 +27,7 @@ from janitor.celery_model.keyspace import SCAN_MATCH, Kind, Layout
 from janitor.config import Settings
 from janitor.operations import rules
 from janitor.operations.rules import Action, Skip, decide
-from janitor.redis_io import cluster, connection, scripts
+from janitor.redis_io import cluster, connection, pacing, scripts
 from janitor.redis_io.lease import Fence
 from janitor.redis_io.pacing import Pacer
 
@@ -102,7 +102,8 @@ def sweep(
     cluster: bool = False,
     timer: Callable[[], float] = time.perf_counter,
 ) -> SweepReport:
-    """Run one pass; stops between batches (never inside one) when ``should_stop()``.
+    """Run one pass; stops between batches (never inside one) when ``should_stop()``, leaving the
+    actions Python decided and had not sent yet (``_Pass.waiting``) to the next pass.
 
     ``timer`` times each script call, which sizes the next batch: tests pass a fake one so
     batch sizes do not depend on how fast the machine is.
@@ -147,6 +148,7 @@ def sweep_keys(
     for chunk in run.chunks(names):
         run.batch(chunk)
         report.batches += 1
+    run.flush()
     report.completed = True
     report.duration_s = time.monotonic() - started
     return report
@@ -169,6 +171,10 @@ class _Pass:
     inspect_pacer: Pacer = field(init=False)
     act_pacer: Pacer = field(init=False)
     retention: scripts.Retention = field(init=False)
+    # What Python decided, held until it fills one ACT call (pickles, naive dates outside UTC
+    # are a few per page: a round trip for each page's few would cost more than the page).
+    # By key: a key SCAN returns twice (during a rehash) is written once.
+    waiting: dict[bytes, Action] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -192,6 +198,8 @@ class _Pass:
             naive_utc=s.naive_timezone == "UTC",
             edge=payload.EDGE_BYTES,
             group_ttl_ms=s.group_ttl * 1000,
+            edge_first=payload.EDGE_FIRST_BYTES,
+            deadline_us=int(s.max_batch_ms * 1000 * pacing.DEADLINE),
         )
 
     def batches(self) -> Iterator[None]:
@@ -207,6 +215,8 @@ class _Pass:
         cursor = b"0"
         while True:
             cursor, scanned = self._decide(cursor)
+            if cursor == b"0":
+                self.flush()
             yield
             if cursor == b"0":
                 return
@@ -324,7 +334,7 @@ class _Pass:
             elif row.code is scripts.Code.OVER_LIMIT:
                 over.append(row.key)
         self._inspect(unread, now, actions)
-        self._act_all(actions)
+        self._settle(actions)
         for start in range(0, len(over), self.pacer.size):
             self._decide(keys=over[start : start + self.pacer.size])
         return reply.cursor, reply.scanned
@@ -370,6 +380,21 @@ class _Pass:
                 self.report.skipped_bytes[decision.reason] += decision.size
         elif decision is not None:
             actions.append((key, decision))
+
+    def _settle(self, actions: list[tuple[bytes, Action]]) -> None:
+        """ACT on what Python decided once it fills an ACT call; at once on a cluster, where one
+        call's keys must share a slot."""
+        if self.cluster:
+            self._act_all(actions)
+            return
+        self.waiting.update(actions)
+        if len(self.waiting) >= self.act_pacer.size:
+            self.flush()
+
+    def flush(self) -> None:
+        """ACT on every action that waits."""
+        self._act_all(list(self.waiting.items()))
+        self.waiting = {}
 
     def _act_all(self, actions: list[tuple[bytes, Action]]) -> None:
         start = 0

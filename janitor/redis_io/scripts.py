@@ -167,6 +167,8 @@ class Retention:
     naive_utc: bool  # a naive date_done is UTC (else DECIDE hands it to Python)
     edge: int  # bytes of a too-large value's head and tail to return
     group_ttl_ms: int = 0  # the TTL DECIDE gives a saved group (0: groups go to Python)
+    edge_first: int = 0  # a task result this long is judged from its edges first (0: never)
+    deadline_us: int = 0  # a call hands back the keys left after this long (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +217,23 @@ def decide(
 
     Looks at ``limit`` keys at most; refused (``FENCED``) unless ``fence`` holds ``token`` ("" = no fence).
     """
-    r = retention
-    args = [cursor, count, match, limit, token, int(dry_run), now_us]
-    args += [r.result_ttl_ms, r.failure_ttl_ms, r.pending_ttl_ms, r.future_tolerance_us, r.max_value]
-    args += [r.task_prefix, r.group_prefix, r.budget, int(r.naive_utc), r.edge, r.group_ttl_ms]
+    args = decide_argv(
+        retention, cursor=cursor, count=count, match=match, limit=limit, token=token, dry_run=dry_run, now_us=now_us
+    )
     reply = tally.run(client, DECIDE, [fence, *keys], args)
     after, scanned, celery, ttl_set, deleted, freed, group_ttl_set = reply[:7]
     handed = [_handed(k, c, d) for k, c, d in zip(reply[7::3], reply[8::3], reply[9::3], strict=True)]
     return Decided(after, scanned, celery, ttl_set, deleted, freed, handed, group_ttl_set)
+
+
+def decide_argv(
+    r: Retention, *, cursor: bytes, count: int, match: str, limit: int, token: str, dry_run: bool, now_us: int
+) -> list[Any]:
+    """DECIDE's ARGV (lua/decide.lua)."""
+    args: list[Any] = [cursor, count, match, limit, token, int(dry_run), now_us]
+    args += [r.result_ttl_ms, r.failure_ttl_ms, r.pending_ttl_ms, r.future_tolerance_us, r.max_value]
+    args += [r.task_prefix, r.group_prefix, r.budget, int(r.naive_utc), r.edge, r.group_ttl_ms, r.edge_first]
+    return [*args, r.deadline_us]
 
 
 def _handed(key: bytes, code: int, detail: Any) -> Handed:

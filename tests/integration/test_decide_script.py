@@ -7,6 +7,7 @@ on the JSON Celery writes it must act itself, or the sweep is no faster.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import traceback
@@ -23,8 +24,9 @@ from hypothesis import strategies as st
 
 from janitor import config
 from janitor.celery_model.keyspace import Kind, Layout
-from janitor.operations.rules import Action, decide
-from janitor.operations.sweep import SweepReport, _Pass
+from janitor.operations import rules
+from janitor.operations.rules import Action, Skip, decide
+from janitor.operations.sweep import EPOCH, SweepReport, _Pass
 from janitor.redis_io import scripts
 from janitor.redis_io.lease import Fence
 from janitor.redis_io.scripts import Code, Handed, Op
@@ -74,6 +76,19 @@ DOTTY = [
 # that only escapes can spell in the value: DECIDE must leave every one of them to Python.
 ODD_IDS = ["a*b", "job?", "x[1]", "y]", "", "celery-task-meta-" + str(uuid.uuid4()), "z" * 256]
 ODD_IDS += ["tab\there", "back\\slash", "é"]
+
+
+# Pieces of a long traceback or args: quotes, backslashes, dots in numbers and names, non-ASCII,
+# and text that reads like the meta's last members once unescaped.
+LONG_PIECES = [
+    "Traceback (most recent call last):\n",
+    '  File "/usr/local/lib/python3.11/site-packages/celery/app/trace.py", line 453, in trace_task\n',
+    "    R = retval = fun(*args, **kwargs)\n",
+    "ValueError: took 5. s at celery@ip-10-0-1-23.ec2.internal\\n",
+    '", "date_done": "2020-01-01T00:00:00+00:00", "task_id": "',
+    "caf\u00e9 \u2603 ",
+    "x" * 200,
+]
 
 
 def _offsets() -> st.SearchStrategy[dt.tzinfo | None]:
@@ -147,6 +162,8 @@ def result_value(draw: st.DrawFn, ident: str) -> bytes:
         del meta["task_id"]
     if draw(st.integers(0, 9)) == 0:
         del meta[draw(st.sampled_from(["status", "result", "date_done"]))]
+    if draw(st.integers(0, 2)) == 0:
+        return _long(draw, meta, ident)
     raw = json.dumps(meta, ensure_ascii=draw(st.booleans()))
     mutation = draw(
         st.sampled_from(
@@ -178,6 +195,51 @@ def result_value(draw: st.DrawFn, ident: str) -> bytes:
     elif mutation == "str":
         raw = json.dumps(raw)
     return raw.encode()
+
+
+def _long(draw: st.DrawFn, meta: dict[str, Any], ident: str) -> bytes:
+    """A meta of payload.EDGE_FIRST_BYTES or more (a traceback, result_extended's args), judged from
+    its edges first, or a mutation of its middle or of the members its tail holds."""
+    pieces = draw(st.lists(st.sampled_from(LONG_PIECES), min_size=4, max_size=40))
+    meta["traceback"] = "".join(pieces).replace('"task_id": "', f'"task_id": "{ident}')
+    task_id = meta.pop("task_id", None) if "task_id" in meta else "missing"
+    if draw(st.booleans()):  # result_extended: members between date_done and task_id
+        args = draw(st.sampled_from([[1.5, "a.b"], ["x" * draw(st.integers(300, 5000))], []]))
+        kwargs = draw(st.sampled_from([{}, {"date_done": "2020-01-01T00:00:00", "task_id": ident}, {"q": 'say "hi"'}]))
+        meta |= {"name": "tasks.add", "args": args, "kwargs": kwargs, "worker": "celery@ip-10-0-1-23.ec2.internal"}
+        meta |= {"retries": 0, "queue": "celery"}
+    if task_id != "missing":
+        meta["task_id"] = task_id
+    raw = json.dumps(meta, ensure_ascii=draw(st.booleans()))
+    mutation = draw(
+        st.sampled_from(
+            ["none"] * 4
+            + ["middle", "quote", "nonascii", "number", "compact", "repeat", "escaped", "spaced", "head", "tail"]
+        )
+    )
+    middle = raw.find('"traceback": ') + 20
+    if mutation == "middle":  # no longer JSON between the edges: a raw control byte, a bad number, a cut
+        raw = raw[:middle] + draw(st.sampled_from(["\x01", "\t", '", 1., "', "}", '"'])) + raw[middle:]
+    elif mutation == "quote":  # an unescaped quote right before the last members
+        raw = raw.replace(', "date_done": ', '", "date_done": ', 1)
+    elif mutation == "nonascii":
+        raw = raw.replace('"worker": "celery@', '"worker": "célery@')
+    elif mutation == "number":
+        raw = raw.replace('"retries": 0', f'"retries": {draw(st.sampled_from(ODD_NUMBERS))}')
+    elif mutation == "compact":
+        raw = raw.replace('"task_id": "', '"task_id":"')
+    elif mutation == "repeat":  # a member the tail holds twice: the last one wins, as in a whole parse
+        twice = draw(st.sampled_from(['"date_done": "2020-01-01T00:00:00+00:00", ', '"task_id": "x", ']))
+        raw = raw.replace(', "task_id": "', ", " + twice + '"task_id": "')
+    elif mutation == "escaped":  # a member name only an escape spells
+        raw = raw.replace(', "task_id": "', ', "task\\u005fid": "other", "task_id": "')
+    elif mutation == "spaced":
+        raw = raw.replace(', "date_done": ', ',  "date_done": ')
+    elif mutation == "head":
+        raw = raw.replace('{"status": ', '{"status":', 1)
+    elif mutation == "tail":
+        raw += draw(st.sampled_from([" ", "\n", "x", "}"]))
+    return raw.encode("utf-8", "surrogatepass")
 
 
 @st.composite
@@ -416,3 +478,72 @@ def test_naive_dates_outside_utc_are_decided_in_python(client: redis.Redis, zone
                 if left_ms > 0
                 else Action(Op.DELETE, 0, f"S{len(value)}:{scripts.sha1(value)}", Kind.TASK, len(value))
             )
+
+
+def test_long_results_are_judged_from_their_edges(client: redis.Redis) -> None:
+    """FAILUREs with long tracebacks as Celery's backend writes them: decided in Redis from their edges, even
+    over JANITOR_MAX_VALUE_BYTES, and one whose traceback is no longer JSON (a raw control byte) too, as Python
+    decides it; the same flaw in a short value leaves it to Python, which skips it as bad JSON."""
+    from celery import Celery
+
+    settings = config.load({"JANITOR_REDIS_URL": "redis://127.0.0.1:1/0", "JANITOR_MAX_VALUE_BYTES": "1024"})
+    app = Celery("decide", backend=settings.redis_url, set_as_current=False)
+    error = app.backend.prepare_exception(ValueError("boom"))
+
+    def failure(lines: int, days: int) -> tuple[bytes, bytes]:
+        trace = "".join(f'  File "/srv/app/tasks_{n}.py", line {n}, in run\n    step_{n}()\n' for n in range(lines))
+        meta = app.backend._get_result_meta(error, "FAILURE", "Traceback (most recent call last):\n" + trace, None)
+        ident = str(uuid.uuid4())
+        meta |= {"date_done": (NOW - dt.timedelta(days=days)).isoformat(), "task_id": ident}
+        return f"celery-task-meta-{ident}".encode(), app.backend.encode(meta).encode()
+
+    long = [failure(20, 0), failure(60, 3), failure(200, 6)]
+    key, value = failure(60, 9)
+    long.append((key, value.replace(b"line 7,", b"line 7\x01,")))
+    short = json.dumps({"status": "SUCCESS", "result": "\x01", "date_done": NOW.isoformat(), "task_id": "s"})
+    flawed = (b"celery-task-meta-s", short.encode().replace(b"\\u0001", b"\x01"))
+    assert all(len(value) > settings.max_value_bytes for _key, value in long)
+    rows = _run(client, settings, [*long, flawed])
+    for (key, value), row in zip(long, rows[:-1], strict=True):
+        expected = decide(Kind.TASK, key[17:], "string", -1, value, now=NOW, settings=settings)
+        assert isinstance(expected, Action)
+        acted = (
+            Handed(key, Code.DELETE, size=len(value)) if expected.deletes else Handed(key, Code.SET_TTL, ms=expected.ms)
+        )
+        assert row == acted, (len(value), row)
+    assert {row.code for row in rows[:-1]} == {Code.SET_TTL, Code.DELETE}
+    assert rows[-1] == Handed(flawed[0], Code.VALUE, "string", -1, flawed[1])
+    assert decide(Kind.TASK, b"s", "string", -1, flawed[1], now=NOW, settings=settings) == Skip("bad_json")
+
+
+def test_a_call_past_its_deadline_hands_the_rest_back(client: redis.Redis, settings: config.Settings) -> None:
+    """DECIDE stops judging keys once a call has run past its deadline and hands the rest back; the sweep
+    judges those in the calls that follow, so every key still gets its TTL."""
+    items = {}
+    for i in range(200):
+        ident = str(uuid.uuid4())
+        meta = {"status": "SUCCESS", "result": i, "traceback": None, "children": [], "date_done": NOW.isoformat()}
+        items[f"celery-task-meta-{ident}".encode()] = json.dumps(meta | {"task_id": ident}).encode()
+    client.flushdb()
+    client.mset(items)
+    run = _Pass(client, settings, SweepReport(dry_run=False), Fence, lambda: NOW)
+    run.retention = dataclasses.replace(run.retention, deadline_us=1)
+    keys = list(items)
+    now_us = (NOW - EPOCH) // rules.MICROSECOND
+    reply = scripts.decide(
+        run.report.tally,
+        client,
+        run.retention,
+        fence=Fence().key,
+        token="",
+        dry_run=True,
+        now_us=now_us,
+        limit=200,
+        keys=keys,
+    )
+    over = [row.key for row in reply.handed if row.code is Code.OVER_LIMIT]
+    assert 0 < len(keys) - len(over) < 16  # the clock is read every 8 keys: it stopped at the first reading
+    assert over == keys[len(keys) - len(over) :]
+    run._decide(keys=keys)
+    run.flush()
+    assert all(client.pttl(key) > 0 for key in keys)

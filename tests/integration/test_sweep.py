@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
+from unittest import mock
 
 import msgpack
 import pytest
@@ -155,6 +156,26 @@ class TestBatches:
         assert report.batches == 1
         with_ttl = sum(1 for k in client.scan_iter(count=1000) if client.ttl(k) > 0)
         assert with_ttl == sum(report.ttl_applied.values()) == report.celery_keys
+
+    def test_what_python_decides_waits_for_a_full_act_call(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """Results only Python reads (msgpack), a few per page: their writes go in ACT calls across pages,
+        not one call per page; a pass stopped before sending them leaves those keys as they were."""
+        for i in range(300):
+            _result(client, f"t{i}", age_days=0.5)
+        for i in range(30):
+            meta = demo.task_meta(f"m{i}", "SUCCESS", NOW - dt.timedelta(days=0.5))
+            client.set(f"celery-task-meta-m{i}", msgpack.packb(meta))
+        small = settings.model_copy(update={"scan_count": 20})
+        stopped = sweep(client, small, should_stop=lambda: True, timer=_ticks(0.0001))
+        assert sum(1 for k in client.scan_iter(count=1000) if client.ttl(k) > 0) == sum(stopped.ttl_applied.values())
+        with mock.patch.object(scripts, "act", wraps=scripts.act) as act:
+            report = sweep(client, small, timer=_ticks(0.0001))
+        assert report.completed
+        assert all(client.ttl(k) > 0 for k in client.scan_iter(count=1000))
+        assert 1 <= act.call_count <= 3  # 30 writes, 20 per call (ACT's size at scan_count 20)
+        assert report.tally.commands["EVALSHA"] - act.call_count > 10  # the DECIDE calls they came from
 
     def test_inspect_replies_are_bounded(self, client: redis.Redis, settings: config.Settings) -> None:
         """A page of large values is read in several INSPECT calls, each under the byte budget."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import pickle
+import sys
 import uuid
 import zlib
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -25,13 +27,15 @@ from janitor import config
 from janitor.celery_model import payload
 from janitor.celery_model.keyspace import Kind
 from janitor.operations.rules import Action, Skip, decide
+from janitor.redis_io.scripts import Op, sha1
 from tests.support.big_values import FAKES, NOW, TID
 
 S = config.load({"JANITOR_MAX_VALUE_BYTES": str(512 * 1024 * 1024)})  # the oracle reads everything whole
 
 
 def _oracle(value: bytes, *, pttl: int = -1, settings: config.Settings = S) -> object:
-    return decide(Kind.TASK, TID.encode(), "string", pttl, value, now=NOW, settings=settings)
+    with mock.patch.object(payload, "EDGE_FIRST_BYTES", sys.maxsize):  # parsed whole, whatever its length
+        return decide(Kind.TASK, TID.encode(), "string", pttl, value, now=NOW, settings=settings)
 
 
 def _by_edges(value: bytes, head: int, tail: int, *, pttl: int = -1, settings: config.Settings = S) -> object:
@@ -150,3 +154,41 @@ class TestEdgesAgreeWithTheWholeValue:
     def test_what_cannot_be_read_is_too_large(self, value: bytes) -> None:
         """Pickle, compressed, msgpack, no date_done, YAML: skipped and counted with their bytes."""
         assert _by_edges(value, 4096, 4096) == Skip("too_large", len(value))
+
+
+class TestEdgesFirst:
+    """A value of payload.EDGE_FIRST_BYTES or more read whole is judged from its edges before it is parsed."""
+
+    @staticmethod
+    def _meta(trace: str, **more: Any) -> bytes:
+        meta = {"status": "FAILURE", "result": {"exc_type": "ValueError"}, "traceback": trace, "children": []}
+        return dumps(meta | {"date_done": (NOW - dt.timedelta(days=9)).isoformat(), **more, "task_id": TID}).encode()
+
+    def test_a_middle_that_is_not_json_is_judged_by_the_edges(self) -> None:
+        value = self._meta("line\n" * 200)
+        flawed = value.replace(b"line\\n", b"line\x01", 1)
+        assert len(flawed) >= payload.EDGE_FIRST_BYTES
+        assert _oracle(flawed) == Skip("bad_json")
+        assert decide(Kind.TASK, TID.encode(), "string", -1, flawed, now=NOW, settings=S) == Action(
+            Op.DELETE, 0, f"S{len(flawed)}:{sha1(flawed)}", Kind.TASK, len(flawed)
+        )
+
+    def test_a_short_value_is_parsed_whole(self) -> None:
+        flawed = self._meta("line\x01").replace(b"\\u0001", b"\x01")
+        assert len(flawed) < payload.EDGE_FIRST_BYTES
+        assert decide(Kind.TASK, TID.encode(), "string", -1, flawed, now=NOW, settings=S) == Skip("bad_json")
+
+    def test_edges_that_do_not_say_leave_the_whole_parse(self) -> None:
+        value = self._meta("line\n" * 200)
+        reordered = value.replace(b'{"status": "FAILURE", ', b"{").replace(
+            b', "task_id"', b', "status": "FAILURE", "task_id"'
+        )
+        assert payload.edge_first_meta(reordered) is None
+        assert decide(Kind.TASK, TID.encode(), "string", -1, reordered, now=NOW, settings=S) == _oracle(reordered)
+        assert isinstance(_oracle(reordered), Action)
+
+    def test_a_member_the_tail_repeats_is_read_as_a_whole_parse_reads_it(self) -> None:
+        value = self._meta("x" * 1200, worker="w1")
+        twice = value.replace(b', "task_id"', b', "worker": "w2", "task_id"')
+        assert decide(Kind.TASK, TID.encode(), "string", -1, twice, now=NOW, settings=S) == _oracle(twice)
+        assert payload.edge_first_meta(twice) is not None

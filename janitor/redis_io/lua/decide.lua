@@ -25,6 +25,12 @@
 --             dates go to Python)
 -- ARGV[17]    bytes of a too-large value's head and tail to return
 -- ARGV[18]    TTL of a saved group (ms; 0: groups go to Python)
+-- ARGV[19]    a task result at least this long (bytes; 0: never) is judged from its first 96
+--             and last ARGV[19] bytes first, as payload.edge_first_meta judges it: its
+--             traceback is never read
+-- ARGV[20]    microseconds a call may run (0: no limit): past it, the keys left are handed
+--             back (code 8). The caller sizes calls to run well under this on average; the
+--             check (every 8 keys) bounds the pages that cost far more than the average
 --
 -- Returns {next cursor | '', keys scanned, Celery keys it judged, task result TTLs set, keys
 -- deleted, bytes deleted, group TTLs set}, then key, code, detail for each key it hands back
@@ -52,6 +58,8 @@ local now, rttl, fttl, pending = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(
 local tol, maxv, tp, gp, budget = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13], ARGV[14], tonumber(ARGV[15])
 local tn, gn = #tp, #gp
 local naive_utc, edge, gttl = ARGV[16] == '1', tonumber(ARGV[17]), tonumber(ARGV[18]) or 0
+local edge_first = tonumber(ARGV[19]) or 0
+local deadline = tonumber(ARGV[20]) or 0
 if not dry and token ~= '' and redis.call('GET', KEYS[1]) ~= token then
   return redis.error_reply('FENCED lease lost before this batch')
 end
@@ -170,33 +178,38 @@ local ready = {SUCCESS = true, FAILURE = true, REVOKED = true}
 local function plain(k, at)
   return #k - at < 255 and find(k, '^%w[%w%-%.]*$', at) and not find(k, 'celery-task', at, true)
 end
+-- An id the name checks accept (no glob character, no doubled prefix, 1-255 bytes) whose bytes
+-- JSON writes as they are: printable ASCII but " and \.
+local function spelled(id)
+  return #id > 0 and #id <= 255 and find(id, '^[\32-\126]*$') and not find(id, '["\\%*%?%[%]]')
+    and not find(id, 'celery-task', 1, true)
+end
+-- Status and date_done to 1, ms or 2, size (false: read it when deleting); nil if unsure.
+local function verdict(st, date_done, size)
+  if not ready[st] then
+    if type(st) ~= 'string' or #st > 64 or not find(st, '^[A-Za-z][A-Za-z0-9_%-]*$') then return nil end
+    return 1, pending
+  end
+  local done = when(date_done)
+  if not done or now - done < -tol then return nil end
+  local age = now - done
+  if age < 0 then age = 0 end
+  local left = (st == 'FAILURE' and fttl or rttl) * 1000 - age
+  left = (left - left % 1000) / 1000
+  if left <= 0 then return 2, size end
+  return 1, left
+end
 local function rule(k, at, v)
   local ok, m = pcall(json.decode, v)
   if not ok or type(m) ~= 'table' then return nil end
   local st, tid, id = m.status, m.task_id, sub(k, at)
   if m.result == nil or not (tid == nil or tid == cjson.null or tid == id) then return nil end
   -- The value names the key's id. With no escape in it, the id is bytes of a certain
-  -- (printable ASCII) value, so only the other name checks are left: cheaper than plain().
-  if tid == id and not find(v, '\\', 1, true) then
-    if #id == 0 or #id > 255 or find(id, '*', 1, true) or find(id, '?', 1, true) or find(id, '[', 1, true)
-        or find(id, ']', 1, true) or find(id, 'celery-task', 1, true) then
-      return nil
-    end
-  elseif not plain(k, at) then
+  -- (printable ASCII) value, so only the other name checks are left.
+  if not (tid == id and not find(v, '\\', 1, true) and spelled(id)) and not plain(k, at) then
     return nil
   end
-  if not ready[st] then
-    if type(st) ~= 'string' or #st > 64 or not find(st, '^[A-Za-z][A-Za-z0-9_%-]*$') then return nil end
-    return 1, pending
-  end
-  local done = when(m.date_done)
-  if not done or now - done < -tol then return nil end
-  local age = now - done
-  if age < 0 then age = 0 end
-  local left = (st == 'FAILURE' and fttl or rttl) * 1000 - age
-  left = (left - left % 1000) / 1000
-  if left <= 0 then return 2, #v end
-  return 1, left
+  return verdict(st, m.date_done, #v)
 end
 -- A saved GroupResult under a uuid (no chord suffix, a name Layout.classify calls a group):
 -- rules.decide gives it the group TTL when json.loads reads a mapping whose result is a
@@ -208,6 +221,40 @@ local function group_rule(k, at, v)
   local ok, m = pcall(json.decode, v)
   if not ok or type(m) ~= 'table' or type(m.result) ~= 'table' or m.result[1] == nil then return nil end
   return 1, gttl
+end
+-- A long task result judged from its edges, as payload.edge_result_meta reads them: the head
+-- Celery writes first, and the members after the last ', "date_done": ' of the tail, which
+-- must be one object that ends the value with this key's task_id. That comma is the one
+-- Python's backward walk takes: the text after it is one object closing at the value's end,
+-- so the comma is outside strings at depth 1, and no later comma is followed by the same
+-- words. Returns code, detail; or nil, true when the tail holds no such comma (Python's edge
+-- rule cannot read this tail either); or nil when unsure.
+local heading = '^{"status": "([A-Za-z][A-Za-z0-9_%-]*)", "result": '
+local members = ', "date_done": '
+local function edges_rule(k, at, st, tail)
+  local x = find(tail, members, 1, true)
+  if not x then return nil, true end
+  local later = find(tail, members, x + 1, true)
+  while later do
+    x, later = later, find(tail, members, later + 1, true)
+  end
+  local ending = '"task_id": "' .. sub(k, at) .. '"}'
+  if x == 1 or sub(tail, -#ending) ~= ending then return nil end
+  local rest = '{' .. sub(tail, x + 1)
+  if not certain(rest) then return nil end
+  local ok, m = pcall(json.decode, rest)
+  if not ok or type(m) ~= 'table' then return nil end
+  return verdict(st, m.date_done, false)
+end
+-- A task result of edge_first bytes or more, given its last edge_first bytes. Returns code,
+-- detail; or nil, nil, whether the value may be parsed whole (Python's edge rule cannot
+-- decide it: not Celery's head, or no date_done member in those bytes).
+local function long_task(k, at, tail)
+  local st = spelled(sub(k, at)) and match(redis.call('GETRANGE', k, 0, 95), heading)
+  if not st or #st > 64 then return nil, nil, true end
+  local code, x = edges_rule(k, at, st, tail)
+  if code == 2 then x = redis.call('STRLEN', k) end
+  return code, x, x == true
 end
 local keys, first, after = KEYS, 2, ''
 if cursor ~= '' then
@@ -222,7 +269,18 @@ local function hand(k, code, x)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3] = k, code, x
 end
+-- The deadline's clock: the server's CPU time where scripts have os.clock (Valkey, Redis 7.2+),
+-- else TIME (Redis 7.0; Valkey answers TIME with the time the script started).
+local cpu = rawget(_G, 'os')
+cpu = cpu and cpu.clock
+local function clock()
+  if cpu then return cpu() * 1000000 end
+  local t = redis.call('TIME')
+  return t[1] * 1000000 + t[2]
+end
+local started = deadline > 0 and clock()
 for i = first, #keys do
+  if started and i % 8 == 0 and i < limit and clock() - started > deadline then limit = i end
   local k = keys[i]
   local task = find(k, tp, 1, true) == 1
   local at = task and tn + 1 or (find(k, gp, 1, true) == 1 and gn + 1)
@@ -236,15 +294,32 @@ for i = first, #keys do
       if plain(k, at) then celery = celery + 1 else hand(k, 7, pttl) end
     else
       celery = celery + 1
-      local v = redis.pcall('GETRANGE', k, '0', maxs)
-      local code, x
-      if type(v) ~= 'string' then
-        code, x = 3, redis.call('TYPE', k)['ok']
-      elseif #v > maxv then
-        local n = redis.call('STRLEN', k)
-        code, x = 5, {n, sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
-      elseif certain(v) then
-        if task then code, x = rule(k, at, v) else code, x = group_rule(k, at, v) end
+      -- A task result is read from its end: a short one is then read whole, a long one
+      -- (edge_first bytes or more) is judged from its edges, or read again for the rest.
+      local long = task and edge_first > 0
+      local v = redis.pcall('GETRANGE', k, long and -edge_first or '0', long and -1 or maxs)
+      local code, x, parsed = nil, nil, true
+      if type(v) == 'string' and long and #v == edge_first then
+        code, x, parsed = long_task(k, at, v)
+        if not code then
+          local n = redis.call('STRLEN', k)
+          if n > maxv then
+            local tail = redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)
+            code, x = 5, {n, redis.call('GETRANGE', k, 0, edge - 1), tail}
+          else
+            v = redis.call('GETRANGE', k, '0', maxs)
+          end
+        end
+      end
+      if not code then  -- not decided from its edges, nor too large to read
+        if type(v) ~= 'string' then
+          code, x = 3, redis.call('TYPE', k)['ok']
+        elseif #v > maxv then
+          local n = redis.call('STRLEN', k)
+          code, x = 5, {n, sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
+        elseif parsed and certain(v) then
+          if task then code, x = rule(k, at, v) else code, x = group_rule(k, at, v) end
+        end
       end
       if code == 1 or code == 2 then
         if dry then
