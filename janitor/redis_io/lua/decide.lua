@@ -59,6 +59,7 @@ local tol, maxv, tp, gp, budget = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[1
 local tn, gn = #tp, #gp
 local naive_utc, edge, gttl = ARGV[16] == '1', tonumber(ARGV[17]), tonumber(ARGV[18]) or 0
 local edge_first = tonumber(ARGV[19]) or 0
+local from_end = tostring(-edge_first)  -- GETRANGE's arguments as strings: Lua would format numbers per call
 local deadline = tonumber(ARGV[20]) or 0
 if not dry and token ~= '' and redis.call('GET', KEYS[1]) ~= token then
   return redis.error_reply('FENCED lease lost before this batch')
@@ -181,8 +182,8 @@ end
 -- An id the name checks accept (no glob character, no doubled prefix, 1-255 bytes) whose bytes
 -- JSON writes as they are: printable ASCII but " and \.
 local function spelled(id)
-  return #id > 0 and #id <= 255 and find(id, '^[\32-\126]*$') and not find(id, '["\\%*%?%[%]]')
-    and not find(id, 'celery-task', 1, true)
+  if #id == 0 or #id > 255 or find(id, 'celery-task', 1, true) then return false end
+  return find(id, '^[%w%-]*$') or (find(id, '^[\32-\126]*$') and not find(id, '["\\%*%?%[%]]'))
 end
 -- Status and date_done to 1, ms or 2, size (false: read it when deleting); nil if unsure.
 local function verdict(st, date_done, size)
@@ -250,7 +251,7 @@ end
 -- detail; or nil, nil, whether the value may be parsed whole (Python's edge rule cannot
 -- decide it: not Celery's head, or no date_done member in those bytes).
 local function long_task(k, at, tail)
-  local st = spelled(sub(k, at)) and match(redis.call('GETRANGE', k, 0, 95), heading)
+  local st = spelled(sub(k, at)) and match(redis.call('GETRANGE', k, '0', '95'), heading)
   if not st or #st > 64 then return nil, nil, true end
   local code, x = edges_rule(k, at, st, tail)
   if code == 2 then x = redis.call('STRLEN', k) end
@@ -297,7 +298,7 @@ for i = first, #keys do
       -- A task result is read from its end: a short one is then read whole, a long one
       -- (edge_first bytes or more) is judged from its edges, or read again for the rest.
       local long = task and edge_first > 0
-      local v = redis.pcall('GETRANGE', k, long and -edge_first or '0', long and -1 or maxs)
+      local v = redis.pcall('GETRANGE', k, long and from_end or '0', long and '-1' or maxs)
       local code, x, parsed = nil, nil, true
       if type(v) == 'string' and long and #v == edge_first then
         code, x, parsed = long_task(k, at, v)
