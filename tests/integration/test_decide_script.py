@@ -213,7 +213,7 @@ def _long(draw: st.DrawFn, meta: dict[str, Any], ident: str) -> bytes:
     raw = json.dumps(meta, ensure_ascii=draw(st.booleans()))
     mutation = draw(
         st.sampled_from(
-            ["none"] * 4
+            ["none"] * 12
             + ["middle", "quote", "nonascii", "number", "compact", "repeat", "escaped", "spaced", "head", "tail"]
         )
     )
