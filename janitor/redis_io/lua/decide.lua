@@ -232,14 +232,14 @@ end
 -- rule cannot read this tail either); or nil when unsure.
 local heading = '^{"status": "([A-Za-z][A-Za-z0-9_%-]*)", "result": '
 local members = ', "date_done": '
-local function edges_rule(k, at, st, tail)
+local function edges_rule(id, st, tail)
   local x = find(tail, members, 1, true)
   if not x then return nil, true end
   local later = find(tail, members, x + 1, true)
   while later do
     x, later = later, find(tail, members, later + 1, true)
   end
-  local ending = '"task_id": "' .. sub(k, at) .. '"}'
+  local ending = '"task_id": "' .. id .. '"}'
   if x == 1 or sub(tail, -#ending) ~= ending then return nil end
   local rest = '{' .. sub(tail, x + 1)
   if not certain(rest) then return nil end
@@ -251,11 +251,16 @@ end
 -- detail; or nil, nil, whether the value may be parsed whole (Python's edge rule cannot
 -- decide it: not Celery's head, or no date_done member in those bytes).
 local function long_task(k, at, tail)
-  local st = spelled(sub(k, at)) and match(redis.call('GETRANGE', k, '0', '95'), heading)
+  local id = sub(k, at)
+  local st = spelled(id) and match(redis.call('GETRANGE', k, '0', '95'), heading)
   if not st or #st > 64 then return nil, nil, true end
-  local code, x = edges_rule(k, at, st, tail)
+  local code, x = edges_rule(id, st, tail)
   if code == 2 then x = redis.call('STRLEN', k) end
   return code, x, x == true
+end
+-- What INSPECT returns for a string too large to read whole: its length, head and tail.
+local function too_large(k, n, head)
+  return {n, head, redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
 end
 local keys, first, after = KEYS, 2, ''
 if cursor ~= '' then
@@ -305,8 +310,7 @@ for i = first, #keys do
         if not code then
           local n = redis.call('STRLEN', k)
           if n > maxv then
-            local tail = redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)
-            code, x = 5, {n, redis.call('GETRANGE', k, 0, edge - 1), tail}
+            code, x = 5, too_large(k, n, redis.call('GETRANGE', k, '0', edge - 1))
           else
             v = redis.call('GETRANGE', k, '0', maxs)
           end
@@ -316,8 +320,7 @@ for i = first, #keys do
         if type(v) ~= 'string' then
           code, x = 3, redis.call('TYPE', k)['ok']
         elseif #v > maxv then
-          local n = redis.call('STRLEN', k)
-          code, x = 5, {n, sub(v, 1, edge), redis.call('GETRANGE', k, math.max(n - edge, 0), n - 1)}
+          code, x = 5, too_large(k, redis.call('STRLEN', k), sub(v, 1, edge))
         elseif parsed and certain(v) then
           if task then code, x = rule(k, at, v) else code, x = group_rule(k, at, v) end
         end
