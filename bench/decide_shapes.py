@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -47,6 +47,7 @@ from janitor.operations import sweep
 from janitor.redis_io import scripts
 from janitor.redis_io.lease import Fence
 
+T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 # Lua loops over KEYS: a GET alone, then with one of DECIDE's checks added.
 _LOOP = (
@@ -97,10 +98,14 @@ class _Alternate(scripts.Tally):
         super().__init__()
         self.script, self.header = script, header
 
-    def run(self, client: redis.Redis, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
+    def send(
+        self, client: redis.Redis, script: scripts.Script, keys: list[bytes], args: list[Any], parse: Callable[[Any], T]
+    ) -> scripts.Sent[T]:
         if script.name != "decide":
-            return super().run(client, script, keys, args)
-        reply = super().run(client, self.script, keys, args)
+            return super().send(client, script, keys, args, parse)
+        return super().send(client, self.script, keys, args, lambda reply: parse(self.fit(reply)))
+
+    def fit(self, reply: list[Any]) -> list[Any]:
         return [*reply[:6], 0, *reply[6:]] if self.header == 6 else reply
 
 

@@ -3,17 +3,20 @@
 Per batch, one DECIDE call SCANs a page inside Redis, reads every key's TTL and
 decides plain JSON task results there; it hands back the keys it is not certain
 about, with what it read. :func:`rules.decide` judges those here, INSPECT reads
-what DECIDE could not, and ACT (one call) applies the decisions. On a cluster and
-in cap mode the SCAN runs here and the keys go to DECIDE (or INSPECT) by name.
-Memory is one page of keys, whatever the keyspace size.
+what DECIDE could not, and ACT (one call) applies the decisions. The next page's
+DECIDE runs in Redis while Python judges the last one's keys (INSPECT and ACT go on
+other connections), so the server does not wait for Python between pages. On a
+cluster and in cap mode the SCAN runs here and the keys go to DECIDE (or INSPECT)
+by name. Memory is two pages of keys, whatever the keyspace size.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +106,8 @@ def sweep(
     timer: Callable[[], float] = time.perf_counter,
 ) -> SweepReport:
     """Run one pass; stops between batches (never inside one) when ``should_stop()``, leaving the
-    actions Python decided and had not sent yet (``_Pass.waiting``) to the next pass.
+    actions Python decided and had not sent yet (``_Pass.waiting``) to the next pass. The next
+    page's DECIDE may be running in Redis by then: the pass waits for it and counts what it did.
 
     ``timer`` times each script call, which sizes the next batch: tests pass a fake one so
     batch sizes do not depend on how fast the machine is.
@@ -114,12 +118,14 @@ def sweep(
     report = SweepReport(dry_run=settings.dry_run if dry_run is None else dry_run)
     run = _Pass(client, settings, report, fence, clock, cluster, timer)
     started = time.monotonic()
-    for _ in run.batches():
-        report.batches += 1
-        on_batch(report)
-        if should_stop():
-            report.duration_s = time.monotonic() - started
-            return report
+    with contextlib.closing(run.batches()) as batches:
+        for _ in batches:
+            report.batches += 1
+            on_batch(report)
+            if should_stop():
+                report.batches += run.drain()
+                report.duration_s = time.monotonic() - started
+                return report
     report.completed = True
     report.duration_s = time.monotonic() - started
     return report
@@ -175,6 +181,7 @@ class _Pass:
     # are a few per page: a round trip for each page's few would cost more than the page).
     # By key: a key SCAN returns twice (during a rehash) is written once.
     waiting: dict[bytes, Action] = field(default_factory=dict, init=False)
+    inflight: _Call | None = field(default=None, init=False)  # the next page's DECIDE, sent, its reply unread
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -202,7 +209,7 @@ class _Pass:
             deadline_us=int(s.max_batch_ms * 1000 * pacing.DEADLINE),
         )
 
-    def batches(self) -> Iterator[None]:
+    def batches(self) -> Generator[None]:
         """Yield after each batch. DECIDE SCANs inside Redis, one page per call; a cluster
         (a call's keys must share a slot) and cap mode (INSPECT reads every key) SCAN here."""
         if self.cluster or self.settings.cap_ttl:
@@ -212,15 +219,34 @@ class _Pass:
                     self.batch(chunk)
                     yield
             return
-        cursor = b"0"
-        while True:
-            cursor, scanned = self._decide(cursor)
-            if cursor == b"0":
-                self.flush()
-            yield
-            if cursor == b"0":
-                return
-            self.scan_pacer.throttle(scanned)  # after the stop check, as in chunks(): a pause here meets the fence
+        self.inflight = self._send(b"0")
+        try:
+            while self.inflight:
+                call, self.inflight = self.inflight, None
+                reply = self._receive(call, overlapped=True)
+                if reply.cursor != b"0":
+                    self.scan_pacer.throttle(reply.scanned)
+                    # Sent before this page is judged, and before the stop check: should the lease
+                    # pass to another janitor meanwhile, the fence inside DECIDE refuses the call.
+                    self.inflight = self._send(reply.cursor)
+                self._judge(reply, call.now)
+                if not self.inflight:
+                    self.flush()
+                yield
+        finally:
+            if self.inflight:  # an error, or a pass closed without drain(): the reply is never read
+                self.inflight.sent.abandon()
+                self.inflight = None
+
+    def drain(self) -> int:
+        """Wait for the DECIDE still running when a pass stops, and count what it did; the keys it
+        handed back are left as they were, for the next pass. Returns how many calls it waited for.
+        Raises FENCED, as any batch does, if the lease had passed to another janitor when it ran."""
+        call, self.inflight = self.inflight, None
+        if not call:
+            return 0
+        self._receive(call, overlapped=True)
+        return 1
 
     def pages(self) -> Iterator[list[bytes]]:
         """Pages of about ``scan_count`` matching keys; sparse SCAN replies are merged."""
@@ -279,16 +305,21 @@ class _Pass:
         self._act_all(actions)
 
     def _decide(self, cursor: bytes = b"", keys: Sequence[bytes] = ()) -> tuple[bytes, int]:
-        """One DECIDE call: over the next SCAN page when ``cursor`` is given, else over ``keys``.
-        Decides in Python what DECIDE handed back, INSPECTs what it could not read, ACTs on both.
-        Returns the next cursor and how many keys the page held."""
+        """One DECIDE call, waited for and judged: over the next SCAN page when ``cursor`` is given,
+        else over ``keys``. Returns the next cursor and how many keys the page held."""
+        call = self._send(cursor, keys)
+        reply = self._receive(call, overlapped=False)
+        self._judge(reply, call.now)
+        return reply.cursor, reply.scanned
+
+    def _send(self, cursor: bytes = b"", keys: Sequence[bytes] = ()) -> _Call:
         now = self.clock()
         # A SCAN page can hold more keys than COUNT (during a rehash): past twice what fits in the
         # time target, the rest of the page is handed back and goes by name in the next calls.
         size, limit = (self.scan_pacer.size, 2 * self.pacer.size) if cursor else (len(keys), len(keys))
         current = self._fenced(Fence() if self.report.dry_run else self.fence(), keys)
         started = self.timer()
-        reply = scripts.decide(
+        sent = scripts.decide(
             self.report.tally,
             self.client,
             self.retention,
@@ -302,16 +333,28 @@ class _Pass:
             match=SCAN_MATCH,
             keys=keys,
         )
-        seconds = self.timer() - started
-        if cursor:  # COUNT sizes the SCAN, the limit the keys DECIDE reads: each pacer learns its own
-            self.scan_pacer.observe(size, seconds)
+        return _Call(sent, now, bool(cursor), size, limit, started)
+
+    def _receive(self, call: _Call, *, overlapped: bool) -> scripts.Decided:
+        """The reply of a DECIDE call, counted; its duration sizes the next calls. ``overlapped``: Python
+        did other work since sending it, so a reply already here took at most the time measured."""
+        exact = not (overlapped and call.sent.ready())
+        reply = call.sent.reply()
+        seconds = self.timer() - call.started
+        if call.paged:  # COUNT sizes the SCAN, the limit the keys DECIDE reads: each pacer learns its own
+            self.scan_pacer.observe(call.size, seconds, exact=exact)
             self.report.scanned += reply.scanned
-        self.pacer.observe(min(reply.scanned, limit), seconds)
+        self.pacer.observe(min(reply.scanned, call.limit), seconds, exact=exact)
         self.report.celery_keys += reply.celery
         self.report.bytes_deleted += reply.freed
         self.report.ttl_applied.update({Kind.TASK: reply.ttl_set} if reply.ttl_set else {})
         self.report.ttl_applied.update({Kind.GROUP: reply.group_ttl_set} if reply.group_ttl_set else {})
         self.report.deleted.update({Kind.TASK: reply.deleted} if reply.deleted else {})
+        return reply
+
+    def _judge(self, reply: scripts.Decided, now: dt.datetime) -> None:
+        """Decide in Python what DECIDE handed back, INSPECT what it could not read, ACT on both;
+        DECIDE again, by name, the keys past its limit."""
         actions: list[tuple[bytes, Action]] = []
         unread: list[tuple[bytes, Kind, bytes]] = []
         over: list[bytes] = []
@@ -337,7 +380,6 @@ class _Pass:
         self._settle(actions)
         for start in range(0, len(over), self.pacer.size):
             self._decide(keys=over[start : start + self.pacer.size])
-        return reply.cursor, reply.scanned
 
     def _inspect(
         self, candidates: list[tuple[bytes, Kind, bytes]], now: dt.datetime, actions: list[tuple[bytes, Action]]
@@ -434,6 +476,18 @@ class _Pass:
         if fence.token:
             self.report.unfenced += 1
         return Fence(keys[0], "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A DECIDE call sent, and what its reply is judged and timed by."""
+
+    sent: scripts.Sent[scripts.Decided]
+    now: dt.datetime  # the time its decisions are taken at, here and in Redis
+    paged: bool  # over a SCAN page (else over keys by name)
+    size: int  # the page's SCAN COUNT
+    limit: int  # the most keys it reads
+    started: float  # timer() when sent
 
 
 def _plain(counter: collections.Counter[str]) -> dict[str, int]:

@@ -44,12 +44,14 @@ class Pacer:
     def target_ms(self) -> float:
         return self.max_batch_ms * HEADROOM
 
-    def observe(self, keys: int, seconds: float) -> None:
-        """Adjust the batch size after a call that handled ``keys`` keys in ``seconds``."""
+    def observe(self, keys: int, seconds: float, *, exact: bool = True) -> None:
+        """Adjust the batch size after a call that handled ``keys`` keys in ``seconds``. ``exact=False``:
+        it took at most ``seconds`` (its reply waited to be read), which can tell it fit, never that it overran."""
         ms = seconds * 1000
         fits = int(keys * self.target_ms / ms) if ms > 0 else self.ceiling
         if ms > self.target_ms * OVERSHOOT:
-            self.size = max(self.floor, min(self.size, fits))
+            if exact:
+                self.size = max(self.floor, min(self.size, fits))
         elif keys >= self.size and fits > self.size:
             self.size = min(self.ceiling, int(self.size * 1.5) + 1, fits)
 

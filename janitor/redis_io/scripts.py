@@ -21,16 +21,17 @@ from __future__ import annotations
 import collections
 import enum
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 
 from janitor.celery_model.payload import Edges
 
 Key = bytes | str
+T = TypeVar("T")
 
 
 def sha1(value: bytes) -> str:
@@ -94,6 +95,76 @@ class Tally:
             client.script_load(script.source)
             self.commands["EVALSHA"] += 1
             return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def send(
+        self, client: redis.Redis, script: Script, keys: list[bytes], args: list[Any], parse: Callable[[Any], T]
+    ) -> Sent[T]:
+        """EVALSHA on a connection of the pool's own, without waiting for the reply: Redis runs the script
+        while the caller goes on (its other calls take other connections). :meth:`Sent.reply` reads it."""
+        pool = client.connection_pool
+        connection: Any = pool.get_connection()  # redis-py's Connection; typed differently between releases
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            # One more try on a connection the server had closed, as the client's own Retry does.
+            connection.retry.call_with_retry(
+                lambda: connection.send_command(*command), lambda _error: connection.disconnect()
+            )
+        except BaseException:
+            pool.release(connection)
+            raise
+        self.commands["EVALSHA"] += 1
+        return Sent(self, client, script, command, parse, connection)
+
+
+@dataclass
+class Sent(Generic[T]):
+    """A script call on its way: sent, its reply not read yet. Holds its connection until then."""
+
+    tally: Tally
+    client: redis.Redis
+    script: Script
+    command: tuple[Any, ...]
+    parse: Callable[[Any], T]
+    connection: Any
+    open: bool = True
+
+    def ready(self) -> bool:
+        """Whether the reply is here already: the call then took at most the time since it was sent."""
+        try:
+            return bool(self.connection.can_read(timeout=0))
+        except (redis.ConnectionError, OSError):
+            return False  # reply() meets the same error, and closes the connection
+
+    def reply(self) -> T:
+        """The parsed reply; on NOSCRIPT (a restart, SCRIPT FLUSH) the script is loaded and sent again, once."""
+        try:
+            try:
+                raw = self.connection.read_response()
+            except redis.exceptions.NoScriptError:
+                self.tally.commands["SCRIPT LOAD"] += 1
+                self.client.script_load(self.script.source)
+                self.tally.commands["EVALSHA"] += 1
+                self.connection.send_command(*self.command)
+                raw = self.connection.read_response()
+        except redis.ResponseError:
+            self._release()  # the error was the whole reply: the connection is clean
+            raise
+        except BaseException:
+            self.abandon()
+            raise
+        self._release()
+        return self.parse(raw)
+
+    def abandon(self) -> None:
+        """Give the connection back closed, its reply unread: no later command may read it as its own."""
+        if self.open:
+            self.connection.disconnect()
+            self._release()
+
+    def _release(self) -> None:
+        if self.open:
+            self.open = False
+            self.client.connection_pool.release(self.connection)
 
 
 @dataclass
@@ -212,15 +283,19 @@ def decide(
     count: int = 0,
     match: str = "",
     keys: Sequence[bytes] = (),
-) -> Decided:
-    """DECIDE over the SCAN page at ``cursor`` (``count``, ``match``), or, with ``cursor`` b"", over ``keys``.
+) -> Sent[Decided]:
+    """DECIDE over the SCAN page at ``cursor`` (``count``, ``match``), or, with ``cursor`` b"", over ``keys``:
+    sent, not waited for; ``.reply()`` waits for what it did.
 
     Looks at ``limit`` keys at most; refused (``FENCED``) unless ``fence`` holds ``token`` ("" = no fence).
     """
     args = decide_argv(
         retention, cursor=cursor, count=count, match=match, limit=limit, token=token, dry_run=dry_run, now_us=now_us
     )
-    reply = tally.run(client, DECIDE, [fence, *keys], args)
+    return tally.send(client, DECIDE, [fence, *keys], args, _decided)
+
+
+def _decided(reply: list[Any]) -> Decided:
     after, scanned, celery, ttl_set, deleted, freed, group_ttl_set = reply[:7]
     handed = [_handed(k, c, d) for k, c, d in zip(reply[7::3], reply[8::3], reply[9::3], strict=True)]
     return Decided(after, scanned, celery, ttl_set, deleted, freed, handed, group_ttl_set)

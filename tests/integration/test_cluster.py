@@ -336,17 +336,17 @@ class TestResharding:
         source = rc.owner(slot)
         target = next(p for p in rc.primaries() if p != source)
         before = rc.snapshot()
-        real_run = scripts.Tally.run
+        real_send = scripts.Tally.send
         moved: list[int] = []
 
-        def run(self: scripts.Tally, node: redis.Redis, script: scripts.Script, keys: list[bytes], args: Any) -> Any:
+        def send(self: scripts.Tally, node: redis.Redis, script: scripts.Script, keys: list[bytes], *rest: Any) -> Any:
             port = node.connection_pool.connection_kwargs["port"]
             if not moved and port == source and any(k.startswith(b"{celery}_") for k in keys):
                 _move_slot(rc, slot, source, target)  # the whole slot leaves while a batch is in flight
                 moved.append(slot)
-            return real_run(self, node, script, keys, args)
+            return real_send(self, node, script, keys, *rest)
 
-        monkeypatch.setattr(scripts.Tally, "run", run)
+        monkeypatch.setattr(scripts.Tally, "send", send)
         settings = _settings(rc, JANITOR_KEY_PREFIX="{celery}", JANITOR_SCAN_COUNT="50")
         first = sweep_cluster(settings)
         monkeypatch.undo()
@@ -532,15 +532,15 @@ class TestFence:
 
 
 def _before_fifth_call(monkeypatch: pytest.MonkeyPatch, port: int, fault: Callable[[], None]) -> None:
-    """Inject ``fault`` just before the sweep's fifth script call to the node on ``port``: mid-pass."""
-    real_run = scripts.Tally.run
+    """Inject ``fault`` just before the sweep's fifth DECIDE call to the node on ``port``: mid-pass."""
+    real_send = scripts.Tally.send
     calls = [0]
 
-    def run(self: scripts.Tally, node: redis.Redis, script: scripts.Script, keys: list[bytes], args: list[Any]) -> Any:
+    def send(self: scripts.Tally, node: redis.Redis, script: scripts.Script, keys: list[bytes], *rest: Any) -> Any:
         if node.connection_pool.connection_kwargs["port"] == port:
             calls[0] += 1
             if calls[0] == 5:
                 fault()
-        return real_run(self, node, script, keys, args)
+        return real_send(self, node, script, keys, *rest)
 
-    monkeypatch.setattr(scripts.Tally, "run", run)
+    monkeypatch.setattr(scripts.Tally, "send", send)

@@ -299,22 +299,19 @@ def _run(client: redis.Redis, settings: config.Settings, items: list[tuple[bytes
     client.mset(dict(items))
     replies: list[scripts.Decided] = []
     run = _Pass(client, settings, SweepReport(dry_run=True), Fence, lambda: NOW)
-    decide_script = scripts.decide
+    receive = _Pass._receive
 
-    def record(*args: Any, **kwargs: Any) -> scripts.Decided:
-        reply = decide_script(*args, **kwargs)
+    def record(self: _Pass, *args: Any, **kwargs: Any) -> scripts.Decided:
+        reply = receive(self, *args, **kwargs)
         replies.append(reply)
         return reply
 
-    with mock.patch.object(scripts, "decide", record):
+    with mock.patch.object(_Pass, "_receive", record):
         run._decide(keys=[key for key, _ in items])
         by_name = {row.key: row for row in replies[0].handed}
         replies.clear()
-        cursor = b"0"
-        while True:
-            cursor, _ = run._decide(cursor)
-            if cursor == b"0":
-                break
+        for _ in run.batches():
+            pass
     scanned = {row.key: row for reply in replies for row in reply.handed}
     assert scanned == by_name
     return [by_name[key] for key, _ in items]
@@ -540,7 +537,7 @@ def test_a_call_past_its_deadline_hands_the_rest_back(client: redis.Redis, setti
         now_us=now_us,
         limit=200,
         keys=keys,
-    )
+    ).reply()
     over = [row.key for row in reply.handed if row.code is Code.OVER_LIMIT]
     assert 0 < len(keys) - len(over) < 16  # the clock is read every 8 keys: it stopped at the first reading
     assert over == keys[len(keys) - len(over) :]

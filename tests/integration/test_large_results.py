@@ -76,7 +76,19 @@ def _reply_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         seen.append(_size(reply))
         return reply
 
+    send = scripts.Tally.send
+
+    def sending(self: scripts.Tally, client: Any, script: scripts.Script, keys: list[bytes], *rest: Any) -> Any:
+        args, parse = rest
+
+        def parse_counted(reply: Any) -> Any:
+            seen.append(_size(reply))
+            return parse(reply)
+
+        return send(self, client, script, keys, args, parse_counted)
+
     monkeypatch.setattr(scripts.Tally, "run", counting)
+    monkeypatch.setattr(scripts.Tally, "send", sending)
     return seen
 
 

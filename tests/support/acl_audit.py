@@ -91,11 +91,25 @@ class Recorder:
             original = cls.__dict__["execute_command"]
             self._saved.append((cls, original))
             cls.execute_command = self._wrap(original)  # type: ignore[method-assign]
+        self._saved.append((scripts.Tally, scripts.Tally.send))
+        scripts.Tally.send = self._wrap_send(scripts.Tally.send)  # type: ignore[method-assign]
 
     def uninstall(self) -> None:
         for cls, original in self._saved:
-            cls.execute_command = original  # type: ignore[method-assign]
+            setattr(cls, original.__name__, original)
         self._saved.clear()
+
+    def _wrap_send(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """Scripts sent on a connection of their own (the sweep's DECIDE) bypass execute_command."""
+        recorder = self
+
+        def send(tally: Any, client: Any, script: scripts.Script, keys: list[bytes], *rest: Any) -> Any:
+            args, _parse = rest
+            if _from_janitor(sys._getframe(1)):
+                recorder.record(("EVALSHA", script.sha, len(keys), *keys, *args))
+            return original(tally, client, script, keys, *rest)
+
+        return send
 
     def _wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self
@@ -109,9 +123,13 @@ class Recorder:
 
     def record(self, args: tuple[Any, ...]) -> None:
         name = str(args[0].decode() if isinstance(args[0], bytes) else args[0]).upper()
+        if name.startswith("SENTINEL"):  # sent to the sentinels, which have their own users, not to Redis
+            return
+        # Samples of each script, not of EVALSHA at large: the sweep's thousands of calls would crowd out the rest.
+        sampled = f"{name} {_text(args[1])}" if name in {"EVALSHA", "EVALSHA_RO"} else name
         with self._lock:
             self.seen += 1
-            kept = self.samples.setdefault(name, [])
+            kept = self.samples.setdefault(sampled, [])
             if len(kept) < SAMPLES_PER_COMMAND and args not in kept:
                 kept.append(args)
 
@@ -127,12 +145,12 @@ class Recorder:
             admin = server.client()
             for user, rules in acl_lines().items():
                 admin.execute_command("ACL", "SETUSER", user, *rules)
-            for name, samples in sorted(self.samples.items()):
+            for _sampled, samples in sorted(self.samples.items()):
                 for args in samples:
                     replayed += 1
                     # redis-py sends "SCRIPT LOAD" as one name and splits it on the wire.
                     words = str(args[0].decode() if isinstance(args[0], bytes) else args[0]).split()
-                    user, extra = "janitor", _documented_extras(name, args)
+                    user, extra = "janitor", _documented_extras(" ".join(words).upper(), args)
                     if extra:  # what docs/acl.md tells users to add for their queues, prefix and db
                         user = "janitor-adjusted"
                         rules = [r for r in grant if not (r.startswith("&") and extra[0].startswith("&"))]
@@ -142,11 +160,12 @@ class Recorder:
                     except redis.ResponseError as exc:  # a malformed replay is a finding too
                         reply = str(exc)
                     if reply not in {b"OK", "OK"}:
-                        denied.append(f"{name} {args[1:3]!r}...: {reply!r}")
+                        denied.append(f"{words[0].upper()} {args[1:3]!r}...: {reply!r}")
             admin.close()
         summary = (
             f"ACL audit: {self.seen:,} commands sent by janitor code in this run, {len(self.samples)} distinct "
-            f"commands, {replayed} samples replayed as ACL DRYRUN janitor, {len(lua)} commands called from Lua; "
+            f"commands and scripts, {replayed} samples replayed as ACL DRYRUN janitor, {len(lua)} commands called "
+            "from Lua; "
             f"{len(denied)} outside the documented grant"
         )
         return denied, summary

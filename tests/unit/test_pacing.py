@@ -41,6 +41,17 @@ class TestBatchGuard:
         pacer.observe(7, 0.0001)
         assert pacer.size == 100
 
+    def test_a_bound_on_a_call_grows_it_but_never_shrinks_it(self) -> None:
+        """A reply read late (Python was busy) says only that the call took at most that long: under
+        the target it may grow the batch, as an exact time would have; over it, it changes nothing."""
+        late = Pacer(max_batch_ms=5, ceiling=1000, size=100)
+        late.observe(100, 0.020, exact=False)
+        assert late.size == 100
+        exact = Pacer(max_batch_ms=5, ceiling=1000, size=100)
+        for pacer in (late, exact):
+            pacer.observe(100, 0.0005, exact=pacer is exact)
+        assert late.size == exact.size > 100
+
 
 class TestRate:
     def test_holds_keys_per_second(self) -> None:
