@@ -119,13 +119,17 @@ def sweep(
     run = _Pass(client, settings, report, fence, clock, cluster, timer)
     started = time.monotonic()
     with contextlib.closing(run.batches()) as batches:
-        for _ in batches:
-            report.batches += 1
-            on_batch(report)
-            if should_stop():
-                report.batches += run.drain()
-                report.duration_s = time.monotonic() - started
-                return report
+        try:
+            for _ in batches:
+                report.batches += 1
+                on_batch(report)
+                if should_stop():
+                    run.drain()
+                    report.duration_s = time.monotonic() - started
+                    return report
+        except Exception:
+            on_batch(report)  # what the calls before the failed one did is counted before the error goes up
+            raise
     report.completed = True
     report.duration_s = time.monotonic() - started
     return report
@@ -233,20 +237,26 @@ class _Pass:
                 if not self.inflight:
                     self.flush()
                 yield
+        except Exception:
+            # The pass fails (a call refused FENCED, a connection lost) while the next page's
+            # DECIDE may already have written: that call is waited for and counted, unless it
+            # failed too, before the error ends the pass.
+            with contextlib.suppress(redis.RedisError):
+                self.drain()
+            raise
         finally:
-            if self.inflight:  # an error, or a pass closed without drain(): the reply is never read
+            if self.inflight:  # interrupted, or the pass was closed without drain()
                 self.inflight.sent.abandon()
                 self.inflight = None
 
-    def drain(self) -> int:
-        """Wait for the DECIDE still running when a pass stops, and count what it did; the keys it
-        handed back are left as they were, for the next pass. Returns how many calls it waited for.
-        Raises FENCED, as any batch does, if the lease had passed to another janitor when it ran."""
+    def drain(self) -> None:
+        """Wait for the DECIDE still running when a pass stops, and count it as a batch, with what it
+        did; the keys it handed back are left as they were, for the next pass. Raises FENCED, as any
+        batch does, if the lease had passed to another janitor when it ran."""
         call, self.inflight = self.inflight, None
-        if not call:
-            return 0
-        self._receive(call, overlapped=True)
-        return 1
+        if call:
+            self._receive(call, overlapped=True)
+            self.report.batches += 1
 
     def pages(self) -> Iterator[list[bytes]]:
         """Pages of about ``scan_count`` matching keys; sparse SCAN replies are merged."""

@@ -15,9 +15,14 @@ from janitor import config
 from janitor.dev import demo
 from janitor.operations.sweep import SweepReport, _Pass, sweep
 from janitor.redis_io import scripts
+from janitor.redis_io.lease import LEASE_SUFFIX as LEASE
 from janitor.redis_io.lease import Fence
 
 NOW = dt.datetime.now(dt.UTC)
+
+
+class _Interrupted(BaseException):
+    """What ends a pass without being an error of it (as KeyboardInterrupt does)."""
 
 
 def _result(client: redis.Redis, tid: str, status: str = "SUCCESS", age_days: float = 3) -> bytes:
@@ -127,9 +132,9 @@ class TestGuards:
     def test_fenced_batch_writes_nothing(self, client: redis.Redis, settings: config.Settings) -> None:
         """When the lease token changed (another janitor leads now), the whole batch is refused."""
         keys = [_result(client, f"t{i}", age_days=5) for i in range(20)]
-        client.set("lease", "someone-else")
+        client.set(LEASE, "someone-else")
         with pytest.raises(redis.ResponseError, match="FENCED"):
-            sweep(client, settings, fence=lambda: Fence(b"lease", "me"))
+            sweep(client, settings, fence=lambda: Fence(LEASE, "me"))
         assert client.exists(*keys) == 20
         assert all(client.ttl(k) == -1 for k in keys)
 
@@ -167,30 +172,61 @@ class TestBatches:
         """The lease passed to another janitor before the next page's DECIDE ran: the stopping pass
         says FENCED, as any refused batch does, and that call wrote nothing."""
         keys = [_result(client, f"t{i}", age_days=0.5) for i in range(500)]
-        client.set("lease", "me")
+        client.set(LEASE, "me")
         tokens = iter(["me", "stale"])
         batches: list[SweepReport] = []
         with pytest.raises(redis.ResponseError, match="FENCED"):
             sweep(
                 client,
                 settings,
-                fence=lambda: Fence(b"lease", next(tokens)),
+                fence=lambda: Fence(LEASE, next(tokens)),
                 should_stop=lambda: True,
                 on_batch=batches.append,
             )
-        assert len(batches) == 1
+        assert batches[-1].batches == 1
         with_ttl = sum(1 for k in keys if client.ttl(k) > 0)
-        assert 0 < with_ttl == sum(batches[0].ttl_applied.values()) < 500
+        assert 0 < with_ttl == sum(batches[-1].ttl_applied.values()) < 500
 
-    def test_an_error_mid_pass_leaves_no_reply_behind(self, client: redis.Redis, settings: config.Settings) -> None:
-        """A pass that fails while the next page's DECIDE is on its way closes that call's connection:
-        no later command on the client reads that reply as its own, and the next pass does the rest."""
+    def test_a_refused_call_mid_pass_leaves_no_write_uncounted(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """A call refused while the next page's DECIDE runs (FENCED: the lease moved) ends the pass
+        with the error; every write before it, that DECIDE's included, has reached on_batch."""
+        keys = [_result(client, f"t{i}", age_days=0.5) for i in range(2000)]
+        client.set(LEASE, "me")
+        judged = [0]
+        judge = _Pass._judge
+
+        def refused_third(self: _Pass, reply: scripts.Decided, now: dt.datetime) -> None:
+            judged[0] += 1
+            if judged[0] == 3:
+                raise redis.ResponseError("FENCED lease lost before this batch")
+            judge(self, reply, now)
+
+        seen: list[SweepReport] = []
+        with (
+            mock.patch.object(_Pass, "_judge", refused_third),
+            pytest.raises(redis.ResponseError, match="FENCED"),
+        ):
+            sweep(client, settings, fence=lambda: Fence(LEASE, "me"), on_batch=seen.append)
+        with_ttl = sum(1 for k in keys if client.ttl(k) > 0)
+        assert 0 < with_ttl == sum(seen[-1].ttl_applied.values()) < len(keys)
+        assert seen[-1].batches == 3
+
+    @pytest.mark.parametrize("error", [RuntimeError, _Interrupted], ids=["error", "interrupted"])
+    def test_an_error_mid_pass_leaves_no_reply_behind(
+        self, client: redis.Redis, settings: config.Settings, error: type[BaseException]
+    ) -> None:
+        """A pass that fails while the next page's DECIDE is on its way reads that call's reply; one
+        interrupted closes that call's connection instead. Either way no later command on the client
+        reads that reply as its own, and the next pass does the rest."""
         keys = [_result(client, f"t{i}", age_days=0.5) for i in range(500)]
         with (
-            mock.patch.object(_Pass, "_judge", side_effect=RuntimeError("judging failed")),
-            pytest.raises(RuntimeError, match="judging failed"),
+            mock.patch.object(_Pass, "_judge", side_effect=error("judging failed")),
+            pytest.raises(error, match="judging failed"),
         ):
             sweep(client, settings)
+        assert not client.connection_pool._in_use_connections  # every connection back in the pool
         for key in keys[:20]:  # each reply is the command's own: the pool hands back the last connection first
             assert client.ping() is True
             assert client.get(key) == client.get(key)
