@@ -91,10 +91,14 @@ class Tally:
         try:
             return client.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            self.commands["SCRIPT LOAD"] += 1
-            client.script_load(script.source)
+            self.load(client, script)
             self.commands["EVALSHA"] += 1
             return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def load(self, client: redis.Redis, script: Script) -> None:
+        """SCRIPT LOAD, after a NOSCRIPT reply (a restart, a failover, SCRIPT FLUSH)."""
+        self.commands["SCRIPT LOAD"] += 1
+        client.script_load(script.source)
 
     def send(
         self, client: redis.Redis, script: Script, keys: list[bytes], args: list[Any], parse: Callable[[Any], T]
@@ -141,8 +145,7 @@ class Sent(Generic[T]):
             try:
                 raw = self.connection.read_response()
             except redis.exceptions.NoScriptError:
-                self.tally.commands["SCRIPT LOAD"] += 1
-                self.client.script_load(self.script.source)
+                self.tally.load(self.client, self.script)
                 self.tally.commands["EVALSHA"] += 1
                 self.connection.send_command(*self.command)
                 raw = self.connection.read_response()
@@ -183,8 +186,7 @@ class ReadOnlyTally(Tally):
         try:
             return self._ro(client, script.sha, keys, args)
         except redis.exceptions.NoScriptError:
-            self.commands["SCRIPT LOAD"] += 1
-            client.script_load(script.source)
+            self.load(client, script)
             return self._ro(client, script.sha, keys, args)
         except redis.ResponseError as exc:
             if "unknown command" not in str(exc).lower():
