@@ -245,7 +245,9 @@ class Daemon:
         except Exception as exc:  # a failed run is reported; the next one is scheduled anyway
             failure = errors.classify(exc)
             self.metrics.counter(f"{series}_errors_total").labels(job.name, failure.label).inc()
-            if job.readiness:
+            if job.readiness and failure.label != "fenced":
+                # A run the fence refused ran on a lease this instance no longer held: not a failure of
+                # this instance as leader (it may well hold a new lease by now), so not one of readiness.
                 self._failing[job.name] = f"{failure.label}: {failure.message}"
             if failure.unreachable and on_results:
                 self.health.failed(exc)  # "redis.down", logged once per change of state

@@ -27,6 +27,20 @@ class Boom(Job):
         raise ValueError("a bug")
 
 
+class Refused(Job):
+    """A job whose every run fails with ``error``, counted in readiness as the sweep is."""
+
+    name = "refused"
+    interval_setting = "broker_interval"
+    readiness = True
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def run(self, ctx: Context) -> Outcome:
+        raise self.error
+
+
 class TestJobs:
     def test_each_job_is_timed_counted_and_logged_under_its_own_name(
         self, client: redis.Redis, settings: config.Settings
@@ -63,6 +77,25 @@ class TestJobs:
             ("job.finished", "redbeat"),
             ("job.failed", "boom"),
         ]
+
+    def test_a_run_the_fence_refused_leaves_the_leader_ready(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """A sweep refused FENCED ran on a lease this instance no longer held (it may have taken a new
+        one since, as after Redis restarted empty): /readyz stays 200. Any other failure turns it 503."""
+        daemon = Daemon.create(settings, CollectorRegistry())
+        assert daemon.lease.step()[0] is Change.ACQUIRED
+        try:
+            daemon.run_job(daemon.job("results"))
+            assert daemon.readiness() == (True, "ok")
+            daemon.run_job(Refused(redis.ResponseError("FENCED lease lost before this batch")))
+            assert daemon.readiness() == (True, "ok")
+            daemon.run_job(Refused(redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")))
+            ready, why = daemon.readiness()
+            assert not ready
+            assert why.startswith("last refused failed: response")
+        finally:
+            daemon.lease.release()
 
 
 class TestResultCensus:

@@ -66,7 +66,9 @@ class Job(abc.ABC):
     # janitor_job_*{job_name=name}.
     series: ClassVar[Literal["sweep", "job"]] = "job"
     leader_only: ClassVar[bool] = True
-    readiness: ClassVar[bool] = False  # its last run failing makes /readyz 503 while this instance leads
+    # Its last run failing makes /readyz 503 while this instance leads (a run the lease's fence
+    # refused excepted: that run was not this leader's).
+    readiness: ClassVar[bool] = False
     first_after: ClassVar[str | None] = None  # its first run comes right after that job's first full run
     # Runs too often for a line per run: success logs at debug, and Redis being away says "redis.down" only.
     quiet: ClassVar[bool] = False
