@@ -18,7 +18,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -40,6 +40,7 @@ NAME_ONLY = frozenset({Kind.MALFORMED, Kind.CHORD_CLAIM})  # judged by name alon
 # Cluster mode: a script call refused because its slot is moving or has moved to
 # another node. The batch is skipped (never acted on stale routing) and counted.
 RESHARDING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)  # MovedError is an AskError
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -274,11 +275,8 @@ class _Pass:
         """Split a page at the size of the batch's main call (DECIDE, or INSPECT in cap mode),
         which follows the measured duration of each call."""
         sizer = self.inspect_pacer if self.settings.cap_ttl else self.pacer
-        start = 0
-        while start < len(page):
-            chunk = page[start : start + sizer.size]
+        for chunk in _parts(page, sizer):
             yield chunk
-            start += len(chunk)
             self.pacer.throttle(len(chunk))
 
     def batch(self, keys: list[bytes]) -> None:
@@ -388,8 +386,8 @@ class _Pass:
                 over.append(row.key)
         self._inspect(unread, now, actions)
         self._settle(actions)
-        for start in range(0, len(over), self.pacer.size):
-            self._decide(keys=over[start : start + self.pacer.size])
+        for part in _parts(over, self.pacer):
+            self._decide(keys=part)
 
     def _inspect(
         self, candidates: list[tuple[bytes, Kind, bytes]], now: dt.datetime, actions: list[tuple[bytes, Action]]
@@ -449,11 +447,8 @@ class _Pass:
         self.waiting = {}
 
     def _act_all(self, actions: list[tuple[bytes, Action]]) -> None:
-        start = 0
-        while start < len(actions):
-            part = actions[start : start + self.act_pacer.size]
+        for part in _parts(actions, self.act_pacer):
             self._act(part)
-            start += len(part)
 
     def _act(self, actions: list[tuple[bytes, Action]]) -> None:
         if self.report.dry_run:
@@ -498,6 +493,16 @@ class _Call:
     size: int  # the page's SCAN COUNT
     limit: int  # the most keys it reads
     started: float  # timer() when sent
+
+
+def _parts(items: list[_T], sizer: Pacer) -> Iterator[list[_T]]:
+    """``items`` in slices of the pacer's size, read anew for each slice: the calls made with one
+    slice resize the pacer, and the next slice starts where that one ended."""
+    start = 0
+    while start < len(items):
+        part = items[start : start + sizer.size]
+        yield part
+        start += len(part)
 
 
 def _plain(counter: collections.Counter[str]) -> dict[str, int]:

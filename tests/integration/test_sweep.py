@@ -265,6 +265,29 @@ class TestBatches:
         assert sum(report.ttl_applied.values()) == 40
         assert report.tally.commands["EVALSHA"] >= 1 + 40 * 200_000 // 1_000_000
 
+    def test_keys_past_a_pages_limit_are_all_decided_while_batches_shrink(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """A page holding more keys than one call may read hands the rest back, to be decided by name in
+        pacer-sized calls; every one is decided though the pacer shrinks the calls as they turn out slow."""
+        for i in range(60):
+            _result(client, f"o{i}", age_days=0.5)
+        reads = [0]
+
+        def slowing() -> float:  # the page's call is fast; every call after it takes 50 ms
+            reads[0] += 1
+            return 0.0001 * min(reads[0], 2) + 0.025 * max(reads[0] - 2, 0)
+
+        paged = settings.model_copy(update={"scan_count": 15})  # a call reads 30 keys at most
+        with mock.patch.object(scripts, "decide", wraps=scripts.decide) as decide:
+            report = sweep(client, paged, timer=slowing)
+        by_name = [len(call.kwargs["keys"]) for call in decide.call_args_list if not call.kwargs["cursor"]]
+        assert report.completed
+        assert report.scanned == 60
+        assert sum(report.ttl_applied.values()) == 60
+        assert all(client.ttl(k) > 0 for k in client.scan_iter(count=1000))
+        assert by_name[0] > by_name[1]  # the calls did shrink: the first by-name call took 50 ms
+
     def test_cap_mode_batches_grow_with_inspect(self, client: redis.Redis, settings: config.Settings) -> None:
         """In cap mode INSPECT is each batch's main call: its timings size the batches, which grow
         past the pacer's first 100 keys while calls are fast and stay small while they are slow.
