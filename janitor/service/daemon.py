@@ -89,6 +89,7 @@ class Daemon:
     broker_client: redis.Redis | None = None  # the broker's Redis, when it is not the results'
     workers: WorkerTracker = field(default_factory=WorkerTracker)
     jobs: list[Job] = field(default_factory=list)
+    requests: scheduler.Requests = field(default_factory=scheduler.Requests)  # runs asked for out of schedule
     ctx: Context = field(init=False)
     health: RedisHealth = field(init=False)
     book: StatusBook = field(init=False)
@@ -120,7 +121,7 @@ class Daemon:
         self.health = RedisHealth(self.metrics, s.masked_url, self._wake_all)
         # A gap in watch mode (keys it may have missed) asks for a full pass at once.
         self.watcher = Watcher(
-            s, self.client, self.metrics, fence=self.lease.fence, on_gap=lambda: self._run_soon(ResultsJob.name)
+            s, self.client, self.metrics, fence=self.lease.fence, on_gap=lambda: self.run_soon(ResultsJob.name)
         )
         self.book = StatusBook(
             s,
@@ -171,7 +172,7 @@ class Daemon:
             if not s.broker_apart:
                 # The listener's socket is the first to know Redis went away or came back: one INFO
                 # then says which (a killed connection is not an outage).
-                self.workers.on_lost = lambda _exc: self._run_soon(InfoJob.name)
+                self.workers.on_lost = lambda _exc: self.run_soon(InfoJob.name)
                 self.workers.on_back = self._redis_back
             self.workers.start(s.broker_url or s.redis_url, s)
         self.scheduler.start()
@@ -233,6 +234,13 @@ class Daemon:
         return next(job for job in self.jobs if job.name == name)
 
     def run_job(self, job: Job) -> None:
+        """What the scheduler calls: a run of ``job``, and another for each time one was asked for meanwhile."""
+        self.requests.begin(job.name)
+        self._run_once(job)
+        while self.requests.end(job.name):
+            self._run_once(job)
+
+    def _run_once(self, job: Job) -> None:
         """One run of ``job``: duration, errors, health, last success and one log line, all under its name."""
         if self.ctx.stop.is_set() or (job.leader_only and not self.lease.held()):
             return
@@ -288,7 +296,7 @@ class Daemon:
             self._completed.add(job.name)
             for later in self.jobs:
                 if later.first_after == job.name:
-                    scheduler.run_soon(self.scheduler, later.name)
+                    self.run_soon(later.name)
 
     # --- the daily command budget ---------------------------------------------
 
@@ -319,6 +327,9 @@ class Daemon:
         self._warned_budget = bool(warning)
 
     def _overrun(self, name: str) -> None:
+        if self.requests.lost(name):
+            scheduler.run_soon(self.scheduler, name, delay=1.0)
+            return
         series, label = _series(self.job(name))
         self.metrics.counter(f"{series}_overruns_total").labels(name).inc()
         log.info(f"{label}.overrun", **{label: name}, detail="previous run still going; this one skipped")
@@ -329,7 +340,7 @@ class Daemon:
         if change is Change.ACQUIRED:
             self.metrics.counter("janitor_lease_acquisitions_total").inc()
             log.info("lease.acquired", epoch=self.lease.epoch, key=self.lease.key.decode(errors="replace"))
-            scheduler.run_soon(self.scheduler, ResultsJob.name)
+            self.run_soon(ResultsJob.name)
             self.watcher.start()
         elif change is Change.LOST:
             log.warning("lease.lost", epoch=self.lease.epoch)
@@ -354,16 +365,16 @@ class Daemon:
         """Redis answers again (it may have restarted empty, the lease with it): check both now."""
         if self.keeper is not None:
             self.keeper.nudge()
-        self._run_soon(InfoJob.name)
+        self.run_soon(InfoJob.name)
 
-    def _run_soon(self, name: str) -> None:
-        if self.scheduler.running:
+    def run_soon(self, name: str) -> None:
+        """Run a job now; if it is running, once more as soon as that run ends."""
+        if self.requests.ask(name) and self.scheduler.running:
             scheduler.run_soon(self.scheduler, name)
 
     def _wake_all(self) -> None:
-        if self.scheduler.running:
-            for job in self.jobs:
-                scheduler.run_soon(self.scheduler, job.name)
+        for job in self.jobs:
+            self.run_soon(job.name)
 
 
 def _series(job: Job) -> tuple[str, str]:

@@ -2,14 +2,17 @@
 
 ``max_instances=1`` with ``coalesce``: a run still going when the next one is
 due makes the scheduler skip that one (reported to ``on_overrun``) instead of
-queueing it, so a slow Redis delays sweeps rather than piling them up.
+queueing it, so a slow Redis delays sweeps rather than piling them up. A run
+*asked for* (the lease just taken, a gap in watch mode) is never skipped that
+way: :class:`Requests` has the running one go again as it ends.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
@@ -54,10 +57,52 @@ def build(jobs: Iterable[Job], *, jitter: float, on_overrun: Callable[[str], Non
     return scheduler
 
 
-def run_soon(scheduler: BackgroundScheduler, job_id: str) -> None:
-    """Bring a job's next run forward to now (say, right after taking the lease)."""
+def run_soon(scheduler: BackgroundScheduler, job_id: str, delay: float = 0.0) -> None:
+    """Bring a job's next run forward to now, or to ``delay`` seconds from now."""
     if scheduler.get_job(job_id) is not None:
-        scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.UTC))
+        scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay))
+
+
+@dataclass
+class Requests:
+    """Runs asked for out of schedule, by job. One asked for while the job runs would be skipped
+    as an overrun, and it is asked for because what that run does no longer covers what changed
+    (it runs on a lease lost meanwhile, it passed keys written during a gap): the running one goes
+    again as it ends instead."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _running: set[str] = field(default_factory=set)
+    _again: set[str] = field(default_factory=set)  # asked for while running
+    _pending: set[str] = field(default_factory=set)  # asked of the scheduler, not started yet
+
+    def ask(self, name: str) -> bool:
+        """Whether to bring the job's next run forward; False: it is running, and goes again as it ends."""
+        with self._lock:
+            if name in self._running:
+                self._again.add(name)
+                return False
+            self._pending.add(name)
+            return True
+
+    def begin(self, name: str) -> None:
+        with self._lock:
+            self._running.add(name)
+            self._pending.discard(name)
+
+    def end(self, name: str) -> bool:
+        """Whether the run ending must go again (asked for meanwhile); else the job is no longer running."""
+        with self._lock:
+            if name in self._again:
+                self._again.discard(name)
+                return True
+            self._running.discard(name)
+            return False
+
+    def lost(self, name: str) -> bool:
+        """Whether a run the scheduler skipped as an overrun was one asked for: asked just as the last
+        run ended, before the scheduler counted that run finished. It is to be asked for again."""
+        with self._lock:
+            return name in self._pending and name not in self._running
 
 
 def next_run(scheduler: BackgroundScheduler, job_id: str) -> dt.datetime | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 import redis
 import structlog
@@ -17,6 +18,7 @@ from janitor.service.daemon import Daemon
 from janitor.service.jobs import Context, Job, Outcome
 from janitor.service.jobs.census import result_census
 from janitor.service.metrics import ResultCensus
+from tests.support import wait_for
 
 
 class Boom(Job):
@@ -39,6 +41,23 @@ class Refused(Job):
 
     def run(self, ctx: Context) -> Outcome:
         raise self.error
+
+
+class Counted(Job):
+    """A job that records each run's number; the first waits for ``release``."""
+
+    name = "counted"
+    interval_setting = "broker_interval"
+    leader_only = False
+
+    def __init__(self, runs: list[int], release: threading.Event) -> None:
+        self.runs = runs
+        self.release = release
+
+    def run(self, ctx: Context) -> Outcome:
+        self.runs.append(len(self.runs) + 1)
+        self.release.wait(10)
+        return Outcome({})
 
 
 class TestJobs:
@@ -96,6 +115,29 @@ class TestJobs:
             assert why.startswith("last refused failed: response")
         finally:
             daemon.lease.release()
+
+    def test_a_run_asked_for_while_the_job_runs_happens_as_that_run_ends(
+        self, client: redis.Redis, settings: config.Settings
+    ) -> None:
+        """The lease taken, a gap in watch mode: each asks for a sweep at once. Asked for while a sweep
+        runs (on the lease just lost, past keys written during the gap), it would be an overrun, skipped
+        until the next interval: the running one goes again as it ends instead, once."""
+        runs: list[int] = []
+        release = threading.Event()
+        daemon = Daemon.create(settings, CollectorRegistry())
+        job = Counted(runs, release)
+        daemon.jobs.append(job)
+        worker = threading.Thread(target=daemon.run_job, args=(job,))
+        worker.start()
+        try:
+            wait_for(lambda: runs == [1], 5, "the first run")
+            daemon.run_soon(job.name)
+            daemon.run_soon(job.name)
+        finally:
+            release.set()
+            worker.join(10)
+        assert runs == [1, 2]
+        assert daemon.requests.ask(job.name)  # ended: the next one is the scheduler's
 
 
 class TestResultCensus:

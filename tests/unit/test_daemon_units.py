@@ -49,6 +49,30 @@ class TestScheduler:
         finally:
             scheduler.shutdown(jobs, wait=False)
 
+    def test_a_run_asked_for_while_the_job_runs_goes_as_that_run_ends(self) -> None:
+        """The scheduler would skip it as an overrun: the running one goes again instead, once however
+        often it was asked for meanwhile."""
+        requests = scheduler.Requests()
+        requests.begin("results")
+        assert not requests.ask("results")  # running: not brought forward in the scheduler
+        assert not requests.ask("results")
+        assert requests.ask("info")  # another job is not running: brought forward
+        assert requests.end("results")  # goes again...
+        assert not requests.end("results")  # ...once
+        assert requests.ask("results")  # ended: the scheduler runs it
+
+    def test_a_run_asked_for_as_the_last_one_ended_is_asked_again_if_skipped(self) -> None:
+        """Asked for after the run ended, but before the scheduler counted it finished: the scheduler
+        skips it, and the daemon asks again. An overrun of a run nobody asked for stays an overrun."""
+        requests = scheduler.Requests()
+        requests.begin("results")
+        assert not requests.end("results")
+        assert not requests.lost("results")  # an interval's overrun
+        assert requests.ask("results")
+        assert requests.lost("results")
+        requests.begin("results")
+        assert not requests.lost("results")  # started: nothing lost
+
 
 class TestRedisHealth:
     def test_one_log_line_per_change_of_state(self) -> None:
