@@ -12,9 +12,10 @@ import json
 import os
 import pickle
 import random
+import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,18 +177,29 @@ class TestHostileKeyspaces:
         # a seed has no structure to shrink; re-running the failing seed is the repro
         phases=[Phase.explicit, Phase.reuse, Phase.generate],
     )
-    @given(seed=st.integers(0, 2**32 - 1), scan_count=st.sampled_from([10, 97, 1000]))
+    @given(seed=st.integers(0, 2**32 - 1), scan_count=st.sampled_from([10, 97, 1000]), erratic=st.booleans())
     def test_only_what_the_rules_name_changes(
-        self, client: redis.Redis, settings: config.Settings, tmp_path: Path, seed: int, scan_count: int
+        self,
+        client: redis.Redis,
+        settings: config.Settings,
+        tmp_path: Path,
+        *,
+        seed: int,
+        scan_count: int,
+        erratic: bool,
     ) -> None:
-        """Across generated hostile keyspaces nothing outside the rules is deleted, expired or rewritten."""
+        """Across generated hostile keyspaces nothing outside the rules is deleted, expired or rewritten,
+        and everything they name is done. ``erratic``: calls seem to take anything from 0.1 to 50 ms,
+        so batch sizes jump between their floor and ceiling from one call to the next."""
         client.flushall()
         marker = tmp_path / f"pwned-{seed}"
         now = dt.datetime.now(dt.UTC)
-        truth = build(random.Random(seed), client, now, marker)
+        rng = random.Random(seed)
+        truth = build(rng, client, now, marker)
         GENERATED["keys"] += len(truth)
         before = {k: (client.dump(k), client.pttl(k)) for k in truth}
-        report = sweep(client, settings.model_copy(update={"scan_count": scan_count}))
+        timer = _erratic(rng) if erratic else time.perf_counter
+        report = sweep(client, settings.model_copy(update={"scan_count": scan_count}), timer=timer)
         assert report.completed
         assert not marker.exists(), "a pickle was executed"
         for key, expect in truth.items():
@@ -204,6 +216,17 @@ class TestHostileKeyspaces:
         deleted = sum(1 for e in truth.values() if e.fate == "delete")
         assert sum(report.deleted.values()) == deleted
         assert report.raced == 0
+
+
+def _erratic(rng: random.Random) -> Callable[[], float]:
+    """A timer by which each call takes 0.1, 2 or 50 ms, at random."""
+    now = [0.0]
+
+    def timer() -> float:
+        now[0] += rng.choice([0.0001, 0.002, 0.05]) / 2
+        return now[0]
+
+    return timer
 
 
 @pytest.fixture(scope="module", autouse=True)
