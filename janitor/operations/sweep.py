@@ -312,13 +312,10 @@ class _Pass:
         self._inspect(candidates, self.clock(), actions)
         self._act_all(actions)
 
-    def _decide(self, cursor: bytes = b"", keys: Sequence[bytes] = ()) -> tuple[bytes, int]:
-        """One DECIDE call, waited for and judged: over the next SCAN page when ``cursor`` is given,
-        else over ``keys``. Returns the next cursor and how many keys the page held."""
-        call = self._send(cursor, keys)
-        reply = self._receive(call, overlapped=False)
-        self._judge(reply, call.now)
-        return reply.cursor, reply.scanned
+    def _decide(self, keys: Sequence[bytes]) -> None:
+        """One DECIDE call over ``keys`` by name, waited for and judged (a page's calls go in batches())."""
+        call = self._send(keys=keys)
+        self._judge(self._receive(call, overlapped=False), call.now)
 
     def _send(self, cursor: bytes = b"", keys: Sequence[bytes] = ()) -> _Call:
         now = self.clock()
